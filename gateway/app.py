@@ -1,0 +1,67 @@
+"""create_app: the gateway as a FastAPI app, with every dependency passed in (tests build it with fakes)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from gateway import auth, errors
+from gateway.health import attach_router as attach_health
+from gateway.metrics import GatewayMetrics
+from gateway.openai.chat_completions import attach_router as attach_chat_completions
+from gateway.openai.completions import attach_router as attach_completions
+from gateway.openai.embeddings import attach_router as attach_embeddings
+from gateway.openai.models import attach_router as attach_models
+from gateway.openai.proxy import ProxyDeps
+from gateway.routing import Picker, RoundRobin
+from gateway.settings import GatewaySettings
+from gateway.upstream import UpstreamPool
+from llmserve.endpoints import EndpointReader
+
+AppExtension = Callable[[FastAPI], None]
+
+
+def create_app(
+    settings: GatewaySettings,
+    endpoints: EndpointReader,
+    *,
+    picker: Picker | None = None,
+    metrics: GatewayMetrics | None = None,
+    extensions: tuple[AppExtension, ...] = (),
+) -> FastAPI:
+    """The gateway app. `extensions` may add routes (the CLI adds the controller's admin API this way)."""
+    metrics = metrics or GatewayMetrics()
+    pool = UpstreamPool(
+        connect_timeout=settings.upstream_connect_timeout,
+        idle_timeout=settings.upstream_idle_timeout,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await pool.close()
+
+    app = FastAPI(title="llmserve gateway", lifespan=lifespan)
+    app.state.metrics = metrics
+    app.state.upstream_pool = pool
+    errors.install_error_handlers(app)
+
+    deps = ProxyDeps(
+        endpoints=endpoints,
+        picker=picker or RoundRobin(),
+        pool=pool,
+        metrics=metrics,
+        settings=settings,
+    )
+    attach_chat_completions(app, deps)
+    attach_completions(app, deps)
+    attach_embeddings(app, deps)
+    attach_models(app, endpoints)
+    attach_health(app, endpoints, metrics)
+    for extend in extensions:
+        extend(app)
+    if settings.api_keys:
+        app.add_middleware(auth.APIKeyMiddleware, keys=[key.get_secret_value() for key in settings.api_keys])
+    return app

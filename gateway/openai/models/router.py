@@ -1,0 +1,34 @@
+"""GET /v1/models: the declared LLM services (scaled to zero or not), in OpenAI's list format."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+
+from llmserve.endpoints import EndpointReader, ServiceInfo
+from llmserve.protocol.errors import ServingError
+
+OWNER = "llmserve"
+
+
+def _model_card(info: ServiceInfo) -> dict[str, Any]:
+    return {"id": info.model_name, "object": "model", "created": info.created, "owned_by": OWNER}
+
+
+def attach_router(app: FastAPI, endpoints: EndpointReader) -> None:
+    router = APIRouter()
+
+    @router.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        cards = [_model_card(s) for s in endpoints.services() if s.protocol == "openai"]
+        return {"object": "list", "data": cards}
+
+    @router.get("/v1/models/{model:path}")
+    async def retrieve_model(model: str) -> dict[str, Any]:
+        info = endpoints.resolve_model(model)
+        if info is None or info.protocol != "openai":
+            raise ServingError.model_not_found(model)
+        return _model_card(info)
+
+    app.include_router(router)

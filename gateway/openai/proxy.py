@@ -1,0 +1,162 @@
+"""The service behind every OpenAI route: validate, resolve the model, pick a replica, forward, relay.
+
+A pure ASGI app (no per-request framework machinery on the hot path). The client's body is forwarded unchanged;
+only the fields routing and validation need are parsed (llmserve.protocol.openai).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from gateway.asgi import ClientDisconnected, Receive, Scope, Send, header, read_body, send_error
+from gateway.metrics import GatewayMetrics
+from gateway.routing import Picker, RouteContext
+from gateway.settings import GatewaySettings
+from gateway.streaming import DisconnectWatch, RelayStats, relay
+from gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse
+from llmserve.endpoints import Endpoint, EndpointReader, ServiceInfo
+from llmserve.protocol.errors import ServingError
+from llmserve.protocol.openai import OpenAIRequest, parse_request
+
+UNKNOWN_MODEL = "__unknown__"  # metrics label for requests naming no served model (bounded cardinality)
+CLIENT_CLOSED = 499
+_FORWARDED = (b"accept", b"traceparent", b"tracestate")
+
+
+@dataclass(frozen=True)
+class ProxyDeps:
+    endpoints: EndpointReader
+    picker: Picker
+    pool: UpstreamPool
+    metrics: GatewayMetrics
+    settings: GatewaySettings
+
+
+class OpenAIProxy:
+    """ASGI app for one OpenAI route (e.g. POST /v1/chat/completions)."""
+
+    def __init__(self, route: str, path: str, request_model: type[OpenAIRequest], deps: ProxyDeps) -> None:
+        self.route = route
+        self.path = path.encode()
+        self.request_model = request_model
+        self.deps = deps
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        deps = self.deps
+        request_id = header(scope, b"x-request-id") or uuid.uuid4().hex.encode()
+        reply_headers = [(b"x-request-id", request_id)]
+        model = UNKNOWN_MODEL
+        status = 500
+        stats: RelayStats | None = None
+        watch = DisconnectWatch(receive)
+        in_flight = None
+        try:
+            body = await read_body(scope, receive, deps.settings.max_body_bytes)
+            request = parse_request(self.request_model, body)
+            service = deps.endpoints.resolve_model(request.model)
+            if service is None:
+                raise ServingError.model_not_found(request.model)
+            model = service.model_name
+            in_flight = deps.metrics.requests_in_flight(model)
+            in_flight.inc()
+            watch.start()
+            stats = await self._forward(service, body, request_id, send, reply_headers)
+            status = stats.status
+        except ServingError as err:
+            status = err.status
+            await send_error(send, err, scope["path"], reply_headers)
+        except ClientDisconnected:
+            status = CLIENT_CLOSED
+        except asyncio.CancelledError:
+            if not watch.gone:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            status = CLIENT_CLOSED
+        finally:
+            watch.stop()
+            if in_flight is not None:
+                in_flight.dec()
+            self._record(model, status, started, stats)
+
+    async def _forward(
+        self,
+        service: ServiceInfo,
+        body: bytes,
+        request_id: bytes,
+        send: Send,
+        reply_headers: list[tuple[bytes, bytes]],
+    ) -> RelayStats:
+        response = await self._send_upstream(service, body, request_id)
+        try:
+            content_type = response.header(b"content-type") or b""
+            if response.status >= 400 and not content_type.startswith(b"application/json"):
+                raise await self._worker_error(service, response)
+            return await relay(response, send, reply_headers)
+        finally:
+            response.abort()  # no-op when the response completed; otherwise the worker stops generating
+
+    async def _send_upstream(self, service: ServiceInfo, body: bytes, request_id: bytes) -> UpstreamResponse:
+        deps = self.deps
+        endpoints: Sequence[Endpoint] = deps.endpoints.ready_endpoints(service.name)
+        if not endpoints:
+            raise ServingError.no_ready_replica(service.name, deps.settings.retry_after_seconds)
+        headers = [(b"content-type", b"application/json"), (b"x-request-id", request_id)]
+        ctx = RouteContext(service=service, route=self.route, body=body)
+        while True:
+            endpoint = deps.picker.pick(ctx, endpoints)
+            try:
+                return await deps.pool.request(
+                    endpoint.url,
+                    b"POST",
+                    self.path,
+                    headers,
+                    body,
+                    header_timeout=deps.settings.upstream_header_timeout,
+                )
+            except UpstreamError as exc:
+                # Unreachable replica: the request never left, so another replica may take it.
+                endpoints = [e for e in endpoints if e.replica_id != endpoint.replica_id]
+                if not exc.retryable or not endpoints:
+                    raise ServingError.upstream_failure(str(exc)) from None
+
+    async def _worker_error(self, service: ServiceInfo, response: UpstreamResponse) -> ServingError:
+        """A worker error that is not already in OpenAI's envelope, in OpenAI's envelope."""
+        detail = (await response.read())[:200].decode("utf-8", "replace")
+        if response.status == 404:
+            return ServingError.bad_request(
+                f"The model '{service.model_name}' does not serve {self.path.decode()}.",
+                param="model",
+                code="unsupported_endpoint",
+            )
+        if response.status >= 500:
+            return ServingError.upstream_failure(f"HTTP {response.status}: {detail}")
+        return ServingError(response.status, detail or f"worker answered HTTP {response.status}")
+
+    def _record(self, model: str, status: int, started: float, stats: RelayStats | None) -> None:
+        metrics = self.deps.metrics
+        metrics.observe(model, self.route, status, time.perf_counter() - started)
+        if stats is None:
+            return
+        if stats.first_chunk_at is not None:
+            metrics.observe_ttft(model, self.route, stats.first_chunk_at - started)
+        if stats.prompt_tokens is not None:
+            metrics.count_tokens(model, "prompt", stats.prompt_tokens)
+        if stats.completion_tokens is not None:
+            metrics.count_tokens(model, "completion", stats.completion_tokens)
+        elif stats.frames:
+            metrics.count_tokens(model, "completion_estimated", max(stats.frames - 2, 0))
+
+
+def add_proxy_route(app: Starlette, route: str, path: str, request_model: type[OpenAIRequest], deps: ProxyDeps) -> None:
+    """Mount an OpenAIProxy as a raw ASGI route (Starlette passes it scope/receive/send untouched)."""
+    app.router.routes.append(Route(path, OpenAIProxy(route, path, request_model, deps), methods=["POST"]))

@@ -1,0 +1,29 @@
+"""Gateway settings: a pydantic model built by the caller (CLI, tests) and passed down; nothing read at import."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+
+class GatewaySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field(default="127.0.0.1", description="Address the gateway listens on.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Port the gateway listens on (0: any free port).")
+    api_keys: tuple[SecretStr, ...] = Field(
+        default=(),
+        description="Accepted bearer keys; empty means no authentication. Never logged.",
+    )
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1, description="Largest request body accepted (413).")
+    retry_after_seconds: int = Field(default=5, ge=1, description="Retry-After sent with 503 'no ready replica'.")
+    upstream_connect_timeout: float = Field(default=5.0, gt=0, description="Seconds to connect to a worker.")
+    upstream_header_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds to wait for a worker's response headers (non-streamed requests send them only "
+        "when generation ends); None waits as long as the client does.",
+    )
+    upstream_idle_timeout: float = Field(
+        default=4.0, gt=0, description="Idle keep-alive connections to workers older than this are not reused."
+    )
+    access_log: bool = Field(default=False, description="Log every request (uvicorn's access log).")

@@ -1,0 +1,111 @@
+"""Where the control plane and the data plane meet: which services exist and which replicas are ready.
+
+The controller writes (`EndpointWriter`), the gateway reads (`EndpointReader`); neither imports the other.
+`EndpointRegistry` is the in-process implementation of both.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+ServiceProtocol = Literal["openai", "v2"]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One ready replica: where to send requests."""
+
+    service: str
+    replica_id: str
+    url: str  # http://host:port, no trailing slash
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInfo:
+    """What the data plane knows of a declared service."""
+
+    name: str
+    model_name: str  # the name clients put in requests
+    protocol: ServiceProtocol = "openai"
+    created: int = field(default_factory=lambda: int(time.time()))
+    min_replicas: int = 1
+
+
+class EndpointReader(Protocol):
+    def resolve_model(self, model_name: str) -> ServiceInfo | None: ...
+
+    def services(self) -> list[ServiceInfo]: ...
+
+    def ready_endpoints(self, service: str) -> tuple[Endpoint, ...]: ...
+
+
+class EndpointWriter(Protocol):
+    def declare_service(self, info: ServiceInfo) -> None: ...
+
+    def withdraw_service(self, name: str) -> None: ...
+
+    def publish(self, endpoint: Endpoint) -> None: ...
+
+    def unpublish(self, service: str, replica_id: str) -> None: ...
+
+
+Listener = Callable[[str], None]
+
+
+class EndpointRegistry:
+    """In-memory registry; reads are lock-free tuple lookups (the gateway's hot path)."""
+
+    def __init__(self) -> None:
+        self._services: dict[str, ServiceInfo] = {}
+        self._by_model: dict[str, ServiceInfo] = {}
+        self._ready: dict[str, tuple[Endpoint, ...]] = {}
+        self._listeners: list[Listener] = []
+
+    # -- reader -------------------------------------------------------------------------------------------
+    def resolve_model(self, model_name: str) -> ServiceInfo | None:
+        return self._by_model.get(model_name)
+
+    def services(self) -> list[ServiceInfo]:
+        return list(self._services.values())
+
+    def ready_endpoints(self, service: str) -> tuple[Endpoint, ...]:
+        return self._ready.get(service, ())
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call `listener(service)` after every change to that service's endpoints."""
+        self._listeners.append(listener)
+
+    # -- writer -------------------------------------------------------------------------------------------
+    def declare_service(self, info: ServiceInfo) -> None:
+        previous = self._services.get(info.name)
+        if previous is not None:
+            self._by_model.pop(previous.model_name, None)
+        self._services[info.name] = info
+        self._by_model[info.model_name] = info
+        self._ready.setdefault(info.name, ())
+
+    def withdraw_service(self, name: str) -> None:
+        info = self._services.pop(name, None)
+        if info is not None:
+            self._by_model.pop(info.model_name, None)
+        self._ready.pop(name, None)
+        self._notify(name)
+
+    def publish(self, endpoint: Endpoint) -> None:
+        current = tuple(e for e in self._ready.get(endpoint.service, ()) if e.replica_id != endpoint.replica_id)
+        self._ready[endpoint.service] = (*current, endpoint)
+        self._notify(endpoint.service)
+
+    def unpublish(self, service: str, replica_id: str) -> None:
+        current = self._ready.get(service, ())
+        remaining = tuple(e for e in current if e.replica_id != replica_id)
+        if len(remaining) != len(current):
+            self._ready[service] = remaining
+            self._notify(service)
+
+    def _notify(self, service: str) -> None:
+        for listener in self._listeners:
+            listener(service)

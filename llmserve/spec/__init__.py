@@ -1,0 +1,25 @@
+"""The InferenceService resource: pydantic models in KServe's shape, and a loader with file-and-field errors."""
+
+from llmserve.spec.loader import SpecError, load_services, parse_services
+from llmserve.spec.models import (
+    EnvVar,
+    InferenceService,
+    InferenceServiceSpec,
+    ModelFormat,
+    ModelSpec,
+    PredictorSpec,
+    Resources,
+)
+
+__all__ = [
+    "EnvVar",
+    "InferenceService",
+    "InferenceServiceSpec",
+    "ModelFormat",
+    "ModelSpec",
+    "PredictorSpec",
+    "Resources",
+    "SpecError",
+    "load_services",
+    "parse_services",
+]

