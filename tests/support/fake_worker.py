@@ -9,6 +9,7 @@ Behaviour is chosen per request by the `model` field:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -70,11 +71,17 @@ class FakeWorker:
         else:
             await _send(send, 200, orjson.dumps(_completion(request, chat, self.name)))
 
-    async def _stream(self, send: Any, receive: Any, request: dict[str, Any], chat: bool, delay: float,
-                      broken: bool) -> None:
+    async def _stream(
+        self, send: Any, receive: Any, request: dict[str, Any], chat: bool, delay: float, broken: bool
+    ) -> None:
         n = int(request.get("max_tokens") or 4)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream; charset=utf-8")],
+            }
+        )
         self.active_streams += 1
         disconnected = asyncio.Event()
 
@@ -92,18 +99,22 @@ class FakeWorker:
                 if broken and i == 2:
                     raise RuntimeError("fake worker breaks the stream")
                 chunk = _chunk(request, chat, i, self.name)
-                await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
-                            "more_body": True})
+                await send(
+                    {"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk) + b"\n\n", "more_body": True}
+                )
                 if delay:
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(disconnected.wait(), delay)
-                    except TimeoutError:
-                        pass
             tail = b""
             if (request.get("stream_options") or {}).get("include_usage"):
-                usage = {"id": "x", "object": "chat.completion.chunk", "created": int(time.time()),
-                         "model": request["model"], "choices": [],
-                         "usage": {"prompt_tokens": 3, "completion_tokens": n, "total_tokens": 3 + n}}
+                usage = {
+                    "id": "x",
+                    "object": "chat.completion.chunk",
+                    "created": int(time.time()),
+                    "model": request["model"],
+                    "choices": [],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": n, "total_tokens": 3 + n},
+                }
                 tail = b"data: " + orjson.dumps(usage) + b"\n\n"
             await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n", "more_body": False})
             self.completed_streams += 1
@@ -113,8 +124,13 @@ class FakeWorker:
 
 
 async def _send(send: Any, status: int, body: bytes, content_type: bytes = b"application/json") -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -122,14 +138,22 @@ def _completion(request: dict[str, Any], chat: bool, worker: str) -> dict[str, A
     n = int(request.get("n") or 1)
     text = f"hello from {worker}"
     if chat:
-        choices = [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
-                    "logprobs": None} for i in range(n)]
+        choices = [
+            {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop", "logprobs": None}
+            for i in range(n)
+        ]
         obj = "chat.completion"
     else:
         choices = [{"index": i, "text": text, "finish_reason": "stop", "logprobs": None} for i in range(n)]
         obj = "text_completion"
-    return {"id": "cmpl-fake", "object": obj, "created": int(time.time()), "model": request["model"],
-            "choices": choices, "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}}
+    return {
+        "id": "cmpl-fake",
+        "object": obj,
+        "created": int(time.time()),
+        "model": request["model"],
+        "choices": choices,
+        "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
+    }
 
 
 def _chunk(request: dict[str, Any], chat: bool, i: int, worker: str) -> dict[str, Any]:
@@ -140,12 +164,17 @@ def _chunk(request: dict[str, Any], chat: bool, i: int, worker: str) -> dict[str
     else:
         choice = {"index": 0, "text": f"t{i} ", "logprobs": None, "finish_reason": None}
         obj = "text_completion"
-    return {"id": "cmpl-fake", "object": obj, "created": int(time.time()), "model": request["model"],
-            "choices": [choice], "system_fingerprint": worker}
+    return {
+        "id": "cmpl-fake",
+        "object": obj,
+        "created": int(time.time()),
+        "model": request["model"],
+        "choices": [choice],
+        "system_fingerprint": worker,
+    }
 
 
 def _embedding(request: dict[str, Any]) -> dict[str, Any]:
     inputs = request["input"] if isinstance(request["input"], list) else [request["input"]]
     data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(inputs))]
-    return {"object": "list", "data": data, "model": request["model"],
-            "usage": {"prompt_tokens": 2, "total_tokens": 2}}
+    return {"object": "list", "data": data, "model": request["model"], "usage": {"prompt_tokens": 2, "total_tokens": 2}}

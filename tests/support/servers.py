@@ -27,7 +27,7 @@ class ServerThread:
 
     async def _serve(self) -> None:
         task = asyncio.create_task(self.server.serve())
-        while not self.server.started and not task.done():
+        while not self.server.started and not task.done():  # noqa: ASYNC110 - uvicorn has only a flag
             await asyncio.sleep(0.005)
         self._started.set()
         await task

@@ -1,0 +1,1 @@
+"""llmserve's control plane: reconciles declared InferenceServices into supervised replicas."""

@@ -1,0 +1,35 @@
+"""The backend seam: start a replica from a WorkerPlan; supervision (health, restarts) is the controller's."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from llmserve.workers import WorkerPlan
+
+
+class ReplicaProcess(Protocol):
+    @property
+    def url(self) -> str:
+        """http://host:port the replica serves on."""
+        ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def running(self) -> bool: ...
+
+    async def wait(self) -> int | None:
+        """Until the replica exits; its exit status."""
+        ...
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop it and everything it started: SIGTERM, then SIGKILL after `grace_s`."""
+        ...
+
+
+class Backend(Protocol):
+    name: str
+
+    async def launch(self, replica_id: str, plan: WorkerPlan) -> ReplicaProcess: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,241 @@
+"""The controller: declared InferenceServices in, supervised replicas out.
+
+`apply()` declares the services (the gateway can list them at once); a reconcile loop pulls each model once
+(in a thread: pulls print progress and may convert weights) and then keeps the number of replicas at the desired
+count, which is `minReplicas` until an autoscaler sets it with `set_desired()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from controller.backends import Backend
+from controller.replica import HealthCheck, Replica
+from controller.settings import ControllerSettings
+from llmserve import storage
+from llmserve.endpoints import EndpointWriter, ServiceInfo
+from llmserve.spec import InferenceService
+from llmserve.workers import WorkerPlan
+from llmserve.workers.vllm import vllm_plan
+
+log = logging.getLogger("llmserve.controller")
+
+PullFn = Callable[[InferenceService], Path]
+PlanFn = Callable[[InferenceService, Path], WorkerPlan]
+
+
+def pull_model(service: InferenceService) -> Path:
+    model = service.spec.predictor.model
+    return storage.pull(model.storage_uri, model.model_format.name, progress=storage.stderr_progress)
+
+
+def plan_for(python: str | None) -> PlanFn:
+    def plan(service: InferenceService, model_dir: Path) -> WorkerPlan:
+        if service.runtime == "vllm":
+            return vllm_plan(service, model_dir, python=python)
+        raise ValueError(f"no runtime named '{service.runtime}'")
+
+    return plan
+
+
+def http_health_check() -> tuple[HealthCheck, Callable[[], Any]]:
+    """A health check over HTTP (200 = healthy) and the function that closes its client."""
+    client = httpx.AsyncClient()
+
+    async def check(url: str, limit_s: float) -> bool:
+        try:
+            response = await client.get(url, timeout=limit_s)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    return check, client.aclose
+
+
+@dataclass
+class ServiceState:
+    service: InferenceService
+    desired: int
+    model_dir: Path | None = None
+    pull_error: str | None = None
+    pulling: asyncio.Task[None] | None = None
+    replicas: dict[str, Replica] = field(default_factory=dict)
+    next_index: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        predictor = self.service.spec.predictor
+        return {
+            "name": self.service.name,
+            "model": self.service.served_model_name,
+            "runtime": self.service.runtime,
+            "storage_uri": predictor.model.storage_uri,
+            "model_dir": str(self.model_dir) if self.model_dir else None,
+            "pull_error": self.pull_error,
+            "min_replicas": predictor.min_replicas,
+            "max_replicas": predictor.replica_ceiling,
+            "desired_replicas": self.desired,
+            "ready_replicas": sum(r.ready for r in self.replicas.values()),
+            "replicas": [r.record.as_dict() for r in self.replicas.values()],
+        }
+
+
+class Controller:
+    def __init__(
+        self,
+        backend: Backend,
+        registry: EndpointWriter,
+        settings: ControllerSettings | None = None,
+        *,
+        pull: PullFn = pull_model,
+        plan: PlanFn | None = None,
+        health: HealthCheck | None = None,
+    ) -> None:
+        self.settings = settings or ControllerSettings()
+        self.backend = backend
+        self.registry = registry
+        self._pull = pull
+        self._plan = plan or plan_for(self.settings.python)
+        self._close_health: Callable[[], Any] | None = None
+        if health is None:
+            health, self._close_health = http_health_check()
+        self._health = health
+        self._services: dict[str, ServiceState] = {}
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    # -- desired state ------------------------------------------------------------------------------------------
+    def apply(self, services: list[InferenceService]) -> None:
+        """Make `services` the declared set (new ones added, changed ones replaced, missing ones removed)."""
+        wanted = {s.name: s for s in services}
+        for name in list(self._services):
+            if name not in wanted or wanted[name] != self._services[name].service:
+                self._retire(name)
+        for name, service in wanted.items():
+            if name in self._services:
+                continue
+            predictor = service.spec.predictor
+            self._services[name] = ServiceState(service, desired=predictor.min_replicas)
+            self.registry.declare_service(
+                ServiceInfo(
+                    name=name,
+                    model_name=service.served_model_name,
+                    protocol="openai",
+                    min_replicas=predictor.min_replicas,
+                )
+            )
+        self._wake.set()
+
+    def set_desired(self, name: str, replicas: int) -> int:
+        """Ask for `replicas` of a service (clamped to its min/max); returns what was set."""
+        state = self._services[name]
+        predictor = state.service.spec.predictor
+        state.desired = max(predictor.min_replicas, min(replicas, predictor.replica_ceiling))
+        self._wake.set()
+        return state.desired
+
+    def status(self) -> list[dict[str, Any]]:
+        return [state.as_dict() for state in self._services.values()]
+
+    def replicas(self, name: str) -> list[Replica]:
+        return list(self._services[name].replicas.values())
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop_task = asyncio.get_running_loop().create_task(self._reconcile_forever(), name="reconciler")
+
+    async def stop(self) -> None:
+        """Stop every replica (no orphans) and the loop."""
+        self._closed = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        stops = []
+        for state in self._services.values():
+            if state.pulling is not None:
+                state.pulling.cancel()
+            stops += [replica.stop() for replica in state.replicas.values()]
+        await asyncio.gather(*stops, *self._retiring, return_exceptions=True)
+        await self.backend.close()
+        if self._close_health is not None:
+            await self._close_health()
+
+    async def _reconcile_forever(self) -> None:
+        while not self._closed:
+            self._wake.clear()
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("reconcile failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+
+    async def reconcile(self) -> None:
+        for state in list(self._services.values()):
+            if state.model_dir is None:
+                self._ensure_pulling(state)
+                continue
+            replicas = state.replicas
+            while len(replicas) < state.desired:
+                self._add_replica(state)
+            excess = len(replicas) - state.desired
+            if excess > 0:
+                # Remove replicas that are not serving first, then the newest.
+                order = sorted(replicas.values(), key=lambda r: (r.ready, r.record.started_at or 0.0))
+                for replica in order[:excess]:
+                    del replicas[replica.replica_id]
+                    self._stop_later(replica)
+
+    # -- internals ------------------------------------------------------------------------------------------------
+    def _ensure_pulling(self, state: ServiceState) -> None:
+        if state.pulling is not None:
+            return
+
+        async def pull() -> None:
+            name = state.service.name
+            try:
+                state.model_dir = await asyncio.to_thread(self._pull, state.service)
+                state.pull_error = None
+                log.info("service %s: model ready at %s", name, state.model_dir)
+                state.pulling = None
+            except Exception as exc:
+                state.pull_error = str(exc)
+                log.error("service %s: pull failed: %s (retry in %.0f s)", name, exc, self.settings.pull_retry_s)
+                await asyncio.sleep(self.settings.pull_retry_s)
+                state.pulling = None
+            self._wake.set()
+
+        state.pulling = asyncio.get_running_loop().create_task(pull(), name=f"pull {state.service.name}")
+
+    def _add_replica(self, state: ServiceState) -> None:
+        assert state.model_dir is not None
+        service = state.service
+        replica_id = f"{service.name}-{state.next_index}"
+        state.next_index += 1
+        plan = self._plan(service, state.model_dir)
+        replica = Replica(replica_id, service.name, plan, self.backend, self.registry, self.settings, self._health)
+        state.replicas[replica_id] = replica
+        replica.start()
+
+    def _retire(self, name: str) -> None:
+        state = self._services.pop(name)
+        if state.pulling is not None:
+            state.pulling.cancel()
+        for replica in state.replicas.values():
+            self._stop_later(replica)
+        self.registry.withdraw_service(name)
+
+    def _stop_later(self, replica: Replica) -> None:
+        task = asyncio.get_running_loop().create_task(replica.stop(), name=f"stop {replica.replica_id}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)

@@ -1,0 +1,200 @@
+"""One supervised replica: start it, wait for health, publish it, watch it, restart it with backoff.
+
+The endpoint is published only while the replica answers its health check, and withdrawn the moment the process
+exits or fails its checks, so the gateway stops sending it requests at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from controller.backends import Backend, ReplicaProcess
+from controller.settings import ControllerSettings
+from llmserve.endpoints import Endpoint, EndpointWriter
+from llmserve.workers import WorkerPlan
+
+log = logging.getLogger("llmserve.controller")
+
+HealthCheck = Callable[[str, float], Awaitable[bool]]  # (url, timeout) -> healthy
+
+
+class ReplicaState(enum.StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclass
+class ReplicaRecord:
+    """What status reports show about a replica."""
+
+    replica_id: str
+    state: ReplicaState = ReplicaState.STARTING
+    url: str | None = None
+    pid: int | None = None
+    restarts: int = 0
+    started_at: float | None = None
+    ready_at: float | None = None
+    last_exit: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.replica_id,
+            "state": self.state.value,
+            "url": self.url,
+            "pid": self.pid,
+            "restarts": self.restarts,
+            "started_at": self.started_at,
+            "ready_at": self.ready_at,
+            "last_exit": self.last_exit,
+        }
+
+
+class Replica:
+    def __init__(
+        self,
+        replica_id: str,
+        service: str,
+        plan: WorkerPlan,
+        backend: Backend,
+        registry: EndpointWriter,
+        settings: ControllerSettings,
+        health: HealthCheck,
+    ) -> None:
+        self.service = service
+        self.plan = plan
+        self.record = ReplicaRecord(replica_id)
+        self._backend = backend
+        self._registry = registry
+        self._settings = settings
+        self._health = health
+        self._stopping = asyncio.Event()
+        self._process: ReplicaProcess | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    @property
+    def replica_id(self) -> str:
+        return self.record.replica_id
+
+    @property
+    def ready(self) -> bool:
+        return self.record.state is ReplicaState.READY
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._supervise(), name=f"replica {self.replica_id}")
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    async def stop(self) -> None:
+        """Withdraw the endpoint, stop the process (and its children), end supervision."""
+        self._stopping.set()
+        self.record.state = ReplicaState.STOPPING
+        self._registry.unpublish(self.service, self.replica_id)
+        if self._task is not None:
+            await self._task
+        self.record.state = ReplicaState.STOPPED
+
+    # -- supervision loop ---------------------------------------------------------------------------------------
+    async def _supervise(self) -> None:
+        settings = self._settings
+        delay = settings.backoff_initial_s
+        while not self._stopping.is_set():
+            ran_ready_for = 0.0
+            try:
+                ran_ready_for = await self._run_once()
+            except Exception as exc:  # a backend that cannot launch: log, back off, try again
+                self.record.last_exit = f"launch failed: {exc}"
+                log.error("replica %s: %s", self.replica_id, self.record.last_exit)
+            finally:
+                self._registry.unpublish(self.service, self.replica_id)
+                self._ready.clear()
+                if self._process is not None:
+                    await self._process.stop(settings.stop_grace_s)
+                    self._process = None
+            if self._stopping.is_set():
+                break
+            if ran_ready_for >= settings.backoff_reset_after_s:
+                delay = settings.backoff_initial_s
+            self.record.restarts += 1
+            self.record.state = ReplicaState.BACKOFF
+            log.warning("replica %s restarts in %.1f s (%s)", self.replica_id, delay, self.record.last_exit)
+            await self._pause(delay)
+            delay = min(max(delay * 2, settings.backoff_initial_s), settings.backoff_max_s)
+
+    async def _run_once(self) -> float:
+        """Start the process and serve until it exits or fails; seconds it was ready."""
+        record = self.record
+        record.state = ReplicaState.STARTING
+        record.ready_at = None
+        process = self._process = await self._backend.launch(self.replica_id, self.plan)
+        record.url, record.pid, record.started_at = process.url, process.pid, time.time()
+        log.info("replica %s starting at %s (pid %s)", self.replica_id, process.url, process.pid)
+        if not await self._await_healthy(process):
+            return 0.0
+        record.state = ReplicaState.READY
+        record.ready_at = time.time()
+        log.info("replica %s ready after %.1f s", self.replica_id, record.ready_at - record.started_at)
+        self._registry.publish(Endpoint(service=self.service, replica_id=self.replica_id, url=process.url))
+        self._ready.set()
+        ready_since = time.monotonic()
+        await self._watch(process)
+        return time.monotonic() - ready_since
+
+    async def _await_healthy(self, process: ReplicaProcess) -> bool:
+        deadline = time.monotonic() + self.plan.startup_timeout_s
+        health_url = process.url + self.plan.health_path
+        while not self._stopping.is_set():
+            if not process.running():
+                self.record.last_exit = f"exited with status {await process.wait()} while starting"
+                return False
+            if await self._health(health_url, self._settings.health_timeout_s):
+                return True
+            if time.monotonic() > deadline:
+                self.record.last_exit = f"not healthy within {self.plan.startup_timeout_s:g} s"
+                return False
+            await self._pause(self._settings.startup_poll_s, process)
+        return False
+
+    async def _watch(self, process: ReplicaProcess) -> None:
+        settings = self._settings
+        health_url = process.url + self.plan.health_path
+        failures = 0
+        while not self._stopping.is_set():
+            await self._pause(settings.health_interval_s, process)
+            if self._stopping.is_set():
+                return
+            if not process.running():
+                self.record.last_exit = f"exited with status {await process.wait()}"
+                return
+            if await self._health(health_url, settings.health_timeout_s):
+                failures = 0
+                continue
+            failures += 1
+            if failures >= settings.health_failures_to_restart:
+                self.record.last_exit = f"failed {failures} health checks in a row"
+                return
+
+    async def _pause(self, seconds: float, process: ReplicaProcess | None = None) -> None:
+        """Sleep up to `seconds`, waking early on stop() or when `process` exits."""
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stopping.wait())]
+        if process is not None:
+            waits.append(asyncio.ensure_future(process.wait()))
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                if not waiter.done():
+                    waiter.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await waiter

@@ -1,0 +1,28 @@
+"""Controller settings, passed down by the caller."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ControllerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    replica_host: str = Field(default="127.0.0.1", description="Address replicas listen on (loopback by default).")
+    log_dir: Path = Field(default=Path(".llmserve/logs"), description="One log file per replica process.")
+    python: str | None = Field(default=None, description="Interpreter for worker processes; default: this one.")
+    startup_poll_s: float = Field(default=0.5, gt=0, description="How often a starting replica's health is polled.")
+    health_interval_s: float = Field(default=5.0, gt=0, description="Health-check period of a ready replica.")
+    health_timeout_s: float = Field(default=5.0, gt=0, description="Timeout of one health check.")
+    health_failures_to_restart: int = Field(
+        default=3, ge=1, description="Consecutive failed health checks after which a replica is restarted."
+    )
+    stop_grace_s: float = Field(default=15.0, ge=0, description="SIGTERM, then SIGKILL after this many seconds.")
+    backoff_initial_s: float = Field(default=1.0, ge=0, description="First delay before restarting a replica.")
+    backoff_max_s: float = Field(default=30.0, ge=0, description="Longest delay between restarts (doubling).")
+    backoff_reset_after_s: float = Field(
+        default=60.0, ge=0, description="A replica ready this long restarts with the initial delay again."
+    )
+    pull_retry_s: float = Field(default=30.0, gt=0, description="Delay before retrying a failed model pull.")

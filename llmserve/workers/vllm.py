@@ -1,0 +1,62 @@
+"""The vLLM OpenAI server as a replica: `python -m vllm.entrypoints.openai.api_server ...`.
+
+Defaults suit the embedded CPU build (float32: bf16 is ~4x slower on AVX2; eager: compiling takes minutes) and
+always turn on prefix caching. Flags the user passes in `spec.predictor.model.args` win over the defaults.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+from pathlib import Path
+
+from llmserve.spec import InferenceService
+from llmserve.workers.plan import WorkerPlan
+
+_CPU_DEFAULTS: tuple[tuple[str, str | None], ...] = (("--dtype", "float32"), ("--enforce-eager", None))
+_COMMON_DEFAULTS: tuple[tuple[str, str | None], ...] = (("--enable-prefix-caching", None),)
+_CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+_QUIET_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def vllm_is_cpu_build() -> bool:
+    """True when the installed vLLM is the CPU build (distribution vllm-cpu)."""
+    try:
+        importlib.metadata.distribution("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def vllm_plan(
+    service: InferenceService,
+    model_dir: Path,
+    *,
+    python: str | None = None,
+    cpu: bool | None = None,
+) -> WorkerPlan:
+    model = service.spec.predictor.model
+    cpu = vllm_is_cpu_build() if cpu is None else cpu
+    user_args = list(model.args)
+    argv = [
+        python or sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model_dir),
+        "--served-model-name", service.served_model_name,
+        "--host", "{host}", "--port", "{port}",
+        "--disable-uvicorn-access-log",
+    ]  # fmt: skip
+    defaults = (_CPU_DEFAULTS if cpu else ()) + _COMMON_DEFAULTS
+    for flag, value in defaults:
+        if not _has_flag(user_args, flag):
+            argv += [flag] if value is None else [flag, value]
+    argv += user_args
+    env = dict(_QUIET_ENV)
+    if cpu:
+        env.update(_CPU_ENV)
+    env.update({var.name: var.value for var in model.env})
+    return WorkerPlan(argv=tuple(argv), env=env, protocol="openai")
+
+
+def _has_flag(args: list[str], flag: str) -> bool:
+    negated = "--no-" + flag.removeprefix("--")
+    return any(a in (flag, negated) or a.startswith(flag + "=") for a in args)
