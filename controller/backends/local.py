@@ -57,9 +57,30 @@ class LocalProcess:
             _signal_group(pgid, signal.SIGTERM)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._process.wait(), grace_s)
-        # Whatever is left of the group (the leader, or children that outlived it) is killed.
+        # Whatever is left of the group (the leader, or children that outlived it) is killed, and we wait until
+        # the kernel has taken them all down: a stopped replica leaves no process behind.
         _signal_group(pgid, signal.SIGKILL)
         await self._process.wait()
+        for _ in range(100):
+            if not group_members(pgid):
+                return
+            await asyncio.sleep(0.05)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes in process group `pgid` (from /proc)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            members.append(int(entry))
+    return members
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

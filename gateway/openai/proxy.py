@@ -12,10 +12,11 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import orjson
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from gateway.asgi import ClientDisconnected, Receive, Scope, Send, header, read_body, send_error
+from gateway.asgi import ClientDisconnected, Receive, Scope, Send, header, read_body, send_bytes, send_error
 from gateway.metrics import GatewayMetrics
 from gateway.routing import Picker, RouteContext
 from gateway.settings import GatewaySettings
@@ -98,9 +99,8 @@ class OpenAIProxy:
     ) -> RelayStats:
         response = await self._send_upstream(service, body, request_id)
         try:
-            content_type = response.header(b"content-type") or b""
-            if response.status >= 400 and not content_type.startswith(b"application/json"):
-                raise await self._worker_error(service, response)
+            if response.status >= 400:
+                return await self._relay_worker_error(service, response, send, reply_headers)
             return await relay(response, send, reply_headers)
         finally:
             response.abort()  # no-op when the response completed; otherwise the worker stops generating
@@ -129,18 +129,27 @@ class OpenAIProxy:
                 if not exc.retryable or not endpoints:
                     raise ServingError.upstream_failure(str(exc)) from None
 
-    async def _worker_error(self, service: ServiceInfo, response: UpstreamResponse) -> ServingError:
-        """A worker error that is not already in OpenAI's envelope, in OpenAI's envelope."""
-        detail = (await response.read())[:200].decode("utf-8", "replace")
+    async def _relay_worker_error(
+        self, service: ServiceInfo, response: UpstreamResponse, send: Send, reply_headers: list[tuple[bytes, bytes]]
+    ) -> RelayStats:
+        """Relay a worker's error if it is in OpenAI's envelope already; otherwise put it in one."""
+        try:
+            detail = await response.read()
+        except UpstreamError as exc:
+            raise ServingError.upstream_failure(str(exc)) from None
+        if _is_openai_error(detail):
+            await send_bytes(send, response.status, detail, headers=reply_headers)
+            return RelayStats(status=response.status)
+        text = detail[:300].decode("utf-8", "replace")
         if response.status == 404:
-            return ServingError.bad_request(
+            raise ServingError.bad_request(
                 f"The model '{service.model_name}' does not serve {self.path.decode()}.",
                 param="model",
                 code="unsupported_endpoint",
             )
         if response.status >= 500:
-            return ServingError.upstream_failure(f"HTTP {response.status}: {detail}")
-        return ServingError(response.status, detail or f"worker answered HTTP {response.status}")
+            raise ServingError.upstream_failure(f"HTTP {response.status}: {text}")
+        raise ServingError(response.status, text or f"The worker answered HTTP {response.status}.")
 
     def _record(self, model: str, status: int, started: float, stats: RelayStats | None) -> None:
         metrics = self.deps.metrics
@@ -160,3 +169,11 @@ class OpenAIProxy:
 def add_proxy_route(app: Starlette, route: str, path: str, request_model: type[OpenAIRequest], deps: ProxyDeps) -> None:
     """Mount an OpenAIProxy as a raw ASGI route (Starlette passes it scope/receive/send untouched)."""
     app.router.routes.append(Route(path, OpenAIProxy(route, path, request_model, deps), methods=["POST"]))
+
+
+def _is_openai_error(body: bytes) -> bool:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)

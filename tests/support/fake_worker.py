@@ -2,8 +2,9 @@
 
 Behaviour is chosen per request by the `model` field:
 - "boom-500": plain-text 500;  "reset": the connection is closed before any response;
-- "break-stream": a stream that is cut after two chunks; any other name: a normal answer.
-`max_tokens` sets how many stream chunks are sent and `x-delay` (ms, request header) the pause between them.
+- "break-stream": a stream that is cut after two chunks; "no-embeddings": /v1/embeddings is not served (404);
+any other name: a normal answer.
+`max_tokens` sets how many stream chunks are sent and `x_delay_ms` (an extra body field) the pause between them.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ class FakeWorker:
         if model == "boom-500":
             await _send(send, 500, b"Internal Server Error", b"text/plain")
             return
+        if path == "/v1/embeddings" and model == "no-embeddings":
+            await _send(send, 404, b'{"detail":"Not Found"}')
+            return
         if path == "/v1/embeddings":
             await _send(send, 200, orjson.dumps(_embedding(request)))
             return
@@ -66,7 +70,7 @@ class FakeWorker:
             return
         chat = path == "/v1/chat/completions"
         if request.get("stream"):
-            delay = float(headers.get("x-delay", "0")) / 1000
+            delay = float(request.get("x_delay_ms", 0)) / 1000
             await self._stream(send, receive, request, chat, delay, model == "break-stream")
         else:
             await _send(send, 200, orjson.dumps(_completion(request, chat, self.name)))

@@ -1,0 +1,126 @@
+"""The controller with the real local backend: real processes, real ports, real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from controller.backends.local import LocalBackend, group_members
+from controller.reconciler import Controller
+from controller.settings import ControllerSettings
+from llmserve.endpoints import EndpointRegistry
+from llmserve.spec import InferenceService, parse_services
+from llmserve.workers import WorkerPlan
+from tests.support.waiting import until
+
+SPEC = """
+apiVersion: serving.llmserve.io/v1alpha1
+kind: InferenceService
+metadata: {name: fake}
+spec:
+  predictor:
+    minReplicas: 1
+    model: {modelFormat: {name: huggingface}, storageUri: file:///unused}
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(")")[-1].split()[0] != "Z"
+
+
+def fake_worker_plan(*extra: str) -> Callable[[InferenceService, Path], WorkerPlan]:
+    def plan(service: InferenceService, model_dir: Path) -> WorkerPlan:
+        argv = (sys.executable, "-m", "tests.support.fake_worker_main", "--host", "{host}", "--port", "{port}")
+        return WorkerPlan(argv=argv + extra, env={"PYTHONPATH": str(Path(__file__).parents[2])})
+
+    return plan
+
+
+SETTINGS = ControllerSettings(
+    startup_poll_s=0.1, health_interval_s=0.2, backoff_initial_s=0.1, stop_grace_s=2.0, health_timeout_s=2.0
+)
+
+
+async def start_controller(tmp_path: Path, *extra: str) -> tuple[Controller, EndpointRegistry]:
+    registry = EndpointRegistry()
+    settings = SETTINGS.model_copy(update={"log_dir": tmp_path / "logs"})
+    controller = Controller(
+        LocalBackend(log_dir=settings.log_dir),
+        registry,
+        settings,
+        pull=lambda svc: tmp_path,
+        plan=fake_worker_plan(*extra),
+    )
+    await controller.start()
+    controller.apply(parse_services(SPEC))
+    await until(lambda: len(registry.ready_endpoints("fake")) == 1, within_s=20)
+    return controller, registry
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=10) as client:
+        yield client
+
+
+async def chat(http: httpx.AsyncClient, url: str) -> str:
+    body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+    response = await http.post(f"{url}/v1/chat/completions", json=body)
+    response.raise_for_status()
+    return str(response.json()["choices"][0]["message"]["content"])
+
+
+async def test_killed_worker_is_restarted_and_serves_again(tmp_path: Path, http: httpx.AsyncClient) -> None:
+    controller, registry = await start_controller(tmp_path)
+    try:
+        (endpoint,) = registry.ready_endpoints("fake")
+        assert (await chat(http, endpoint.url)).startswith("hello from")
+        (replica,) = controller.replicas("fake")
+        pid = replica.record.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await until(lambda: registry.ready_endpoints("fake") == ())
+        await until(lambda: len(registry.ready_endpoints("fake")) == 1, within_s=20)
+        (restarted,) = registry.ready_endpoints("fake")
+        assert replica.record.restarts == 1
+        assert replica.record.pid != pid
+        assert (await chat(http, restarted.url)).startswith("hello from")
+        log_file = tmp_path / "logs" / "fake-0.log"
+        assert log_file.exists()
+    finally:
+        await controller.stop()
+
+
+async def test_stop_takes_the_whole_process_group(tmp_path: Path) -> None:
+    controller, _ = await start_controller(tmp_path, "--spawn-child")
+    (replica,) = controller.replicas("fake")
+    pid = replica.record.pid
+    assert pid is not None
+    await until(lambda: len(group_members(pid)) == 2)  # the worker and the child it started
+    await controller.stop()
+    assert not alive(pid)
+    assert group_members(pid) == []
+
+
+async def test_a_worker_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path: Path) -> None:
+    controller, _ = await start_controller(tmp_path, "--ignore-sigterm")
+    (replica,) = controller.replicas("fake")
+    pid = replica.record.pid
+    assert pid is not None
+    started = time.monotonic()
+    await controller.stop()
+    assert not alive(pid)
+    assert time.monotonic() - started >= SETTINGS.stop_grace_s * 0.9  # it was asked first, then killed
