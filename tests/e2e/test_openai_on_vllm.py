@@ -18,7 +18,7 @@ from tests.conftest import REPO
 from tests.e2e.conftest import Running
 from tests.support.openapi import OpenAISchemas
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]  # the first test also waits for vLLM to start
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
