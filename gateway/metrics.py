@@ -1,90 +1,134 @@
-"""The gateway's Prometheus metrics, in a registry of its own (one per app; tests build many apps)."""
+"""The gateway's Prometheus metrics, in a registry of its own (one per app; tests build many apps).
+
+The hot path only bumps plain counters in dicts (no locks, no label validation); a collector turns them into
+Prometheus families when /metrics is scraped. The gateway is one event-loop thread, so no locking is needed.
+"""
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+import bisect
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+@dataclass
+class _Histogram:
+    bounds: tuple[float, ...]
+    counts: list[int] = field(init=False)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        cumulative, out = 0, []
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            cumulative += count
+            out.append(("+Inf" if bound == float("inf") else repr(bound), float(cumulative)))
+        return out
 
 
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        self._requests = Counter(
-            "llmserve_requests",
-            "Requests answered by the gateway, by served model, route and HTTP status.",
-            ["model", "route", "status"],
-            registry=self.registry,
-        )
-        self._latency = Histogram(
-            "llmserve_request_duration_seconds",
-            "Time from request to the end of the response (whole stream included).",
-            ["model", "route"],
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self._ttft = Histogram(
-            "llmserve_time_to_first_token_seconds",
-            "Time from request to the first streamed chunk relayed to the client.",
-            ["model", "route"],
-            buckets=_TTFT_BUCKETS,
-            registry=self.registry,
-        )
-        self._tokens = Counter(
-            "llmserve_tokens",
-            "Tokens by kind: prompt and completion from the worker's usage; completion_estimated counts stream "
-            "chunks of streams that carried no usage (vLLM sends about one chunk per token).",
-            ["model", "kind"],
-            registry=self.registry,
-        )
-        self._in_flight = Gauge(
-            "llmserve_requests_in_flight",
-            "Requests the gateway is working on, by served model.",
-            ["model"],
-            registry=self.registry,
-        )
-        self._requests_by = _Children(self._requests)
-        self._latency_by = _Children(self._latency)
-        self._ttft_by = _Children(self._ttft)
-        self._tokens_by = _Children(self._tokens)
-        self._in_flight_by = _Children(self._in_flight)
+        self._requests: dict[tuple[str, str, str], int] = {}
+        self._latency: dict[tuple[str, str], _Histogram] = {}
+        self._ttft: dict[tuple[str, str], _Histogram] = {}
+        self._tokens: dict[tuple[str, str], int] = {}
+        self._in_flight: dict[str, int] = {}
+        self.registry.register(_Collector(self))
 
-    def requests_in_flight(self, model: str) -> Gauge:
-        return self._in_flight_by.get(model)
+    # -- hot path -------------------------------------------------------------------------------------------------
+    def request_started(self, model: str) -> None:
+        self._in_flight[model] = self._in_flight.get(model, 0) + 1
+
+    def request_finished(self, model: str) -> None:
+        self._in_flight[model] -= 1
+
+    def in_flight(self, model: str) -> int:
+        return self._in_flight.get(model, 0)
 
     def observe(self, model: str, route: str, status: int, seconds: float) -> None:
-        self._requests_by.get(model, route, str(status)).inc()
-        self._latency_by.get(model, route).observe(seconds)
+        key = (model, route, str(status))
+        self._requests[key] = self._requests.get(key, 0) + 1
+        histogram = self._latency.get((model, route))
+        if histogram is None:
+            histogram = self._latency[(model, route)] = _Histogram(LATENCY_BUCKETS)
+        histogram.observe(seconds)
 
     def observe_ttft(self, model: str, route: str, seconds: float) -> None:
-        self._ttft_by.get(model, route).observe(seconds)
+        histogram = self._ttft.get((model, route))
+        if histogram is None:
+            histogram = self._ttft[(model, route)] = _Histogram(TTFT_BUCKETS)
+        histogram.observe(seconds)
 
     def count_tokens(self, model: str, kind: str, n: int) -> None:
         if n > 0:
-            self._tokens_by.get(model, kind).inc(n)
+            self._tokens[(model, kind)] = self._tokens.get((model, kind), 0) + n
 
+    # -- scrape ---------------------------------------------------------------------------------------------------
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+    def families(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "llmserve_requests",
+            "Requests answered by the gateway, by served model, route and HTTP status.",
+            labels=["model", "route", "status"],
+        )
+        for labels, count in list(self._requests.items()):
+            requests.add_metric(list(labels), count)
+        yield requests
+        yield self._histograms(
+            "llmserve_request_duration_seconds",
+            "Time from request to the end of the response (whole stream included).",
+            self._latency,
+        )
+        yield self._histograms(
+            "llmserve_time_to_first_token_seconds",
+            "Time from request to the first streamed chunk relayed to the client.",
+            self._ttft,
+        )
+        tokens = CounterMetricFamily(
+            "llmserve_tokens",
+            "Tokens by kind: prompt and completion from the worker's usage; completion_estimated counts stream "
+            "chunks of streams that carried no usage (vLLM sends about one chunk per token).",
+            labels=["model", "kind"],
+        )
+        for (model, kind), count in list(self._tokens.items()):
+            tokens.add_metric([model, kind], count)
+        yield tokens
+        in_flight = GaugeMetricFamily(
+            "llmserve_requests_in_flight", "Requests the gateway is working on, by served model.", labels=["model"]
+        )
+        for model, count in list(self._in_flight.items()):
+            in_flight.add_metric([model], count)
+        yield in_flight
 
-MetricT = TypeVar("MetricT", Counter, Gauge, Histogram)
+    @staticmethod
+    def _histograms(name: str, documentation: str, series: dict[tuple[str, str], _Histogram]) -> Metric:
+        family = HistogramMetricFamily(name, documentation, labels=["model", "route"])
+        for (model, route), histogram in list(series.items()):
+            family.add_metric([model, route], histogram.buckets(), histogram.total)
+        return family
 
 
-class _Children(Generic[MetricT]):
-    """Labelled children, cached: `labels()` validates its arguments on every call, which the hot path skips."""
+class _Collector:
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics
 
-    def __init__(self, metric: MetricT) -> None:
-        self._metric: MetricT = metric
-        self._cache: dict[tuple[str, ...], MetricT] = {}
-
-    def get(self, *labels: str) -> MetricT:
-        child = self._cache.get(labels)
-        if child is None:
-            child = self._cache[labels] = self._metric.labels(*labels)
-        return child
+    def collect(self) -> Iterator[Metric]:
+        return self._metrics.families()

@@ -102,24 +102,35 @@ async def _relay_stream(
 class DisconnectWatch:
     """Cancels the task serving a request when its client disconnects before the response is finished.
 
-    The request body must have been read already: from then on, the next ASGI message is the disconnect.
+    The request body must have been read already: from then on, the next ASGI message is the disconnect. Watching
+    costs a task, so it begins only after `grace_s`: most requests are answered before that and never pay for it,
+    and a disconnect that happened earlier is seen as soon as the watch begins.
     """
 
-    __slots__ = ("_finished", "_owner", "_receive", "_task", "gone")
+    __slots__ = ("_finished", "_owner", "_receive", "_task", "_timer", "gone")
 
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
         self._owner: asyncio.Task[object] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._finished = False
         self.gone = False
 
-    def start(self) -> None:
+    def start(self, grace_s: float = 0.05) -> None:
         self._owner = asyncio.current_task()
-        self._task = asyncio.get_running_loop().create_task(self._watch())
+        self._timer = asyncio.get_running_loop().call_later(grace_s, self._begin)
+
+    def _begin(self) -> None:
+        self._timer = None
+        if not self._finished:
+            self._task = asyncio.get_running_loop().create_task(self._watch())
 
     def stop(self) -> None:
         self._finished = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._task is not None and not self._task.done():
             self._task.cancel()
 

@@ -7,16 +7,19 @@ only the fields routing and validation need are parsed (llmserve.protocol.openai
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import logging
+import os
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
-from starlette.applications import Starlette
 from starlette.routing import Route
 
 from gateway.asgi import ClientDisconnected, Receive, Scope, Send, header, read_body, send_bytes, send_error
+from gateway.fastpath import GatewayApp
 from gateway.metrics import GatewayMetrics
 from gateway.routing import Picker, RouteContext
 from gateway.settings import GatewaySettings
@@ -26,9 +29,17 @@ from llmserve.endpoints import Endpoint, EndpointReader, ServiceInfo
 from llmserve.protocol.errors import ServingError
 from llmserve.protocol.openai import OpenAIRequest, parse_request
 
+log = logging.getLogger("llmserve.gateway")
+
 UNKNOWN_MODEL = "__unknown__"  # metrics label for requests naming no served model (bounded cardinality)
 CLIENT_CLOSED = 499
-_FORWARDED = (b"accept", b"traceparent", b"tracestate")
+_ID_PREFIX = os.urandom(6).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+def next_request_id() -> bytes:
+    """Unique per process start (random prefix) and cheap (a counter): no uuid4 on the hot path."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):010x}".encode()
 
 
 @dataclass(frozen=True)
@@ -52,13 +63,13 @@ class OpenAIProxy:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         deps = self.deps
-        request_id = header(scope, b"x-request-id") or uuid.uuid4().hex.encode()
+        request_id = header(scope, b"x-request-id") or next_request_id()
         reply_headers = [(b"x-request-id", request_id)]
         model = UNKNOWN_MODEL
         status = 500
         stats: RelayStats | None = None
         watch = DisconnectWatch(receive)
-        in_flight = None
+        counted = False
         try:
             body = await read_body(scope, receive, deps.settings.max_body_bytes)
             request = parse_request(self.request_model, body)
@@ -66,8 +77,8 @@ class OpenAIProxy:
             if service is None:
                 raise ServingError.model_not_found(request.model)
             model = service.model_name
-            in_flight = deps.metrics.requests_in_flight(model)
-            in_flight.inc()
+            deps.metrics.request_started(model)
+            counted = True
             watch.start()
             stats = await self._forward(service, body, request_id, send, reply_headers)
             status = stats.status
@@ -83,10 +94,14 @@ class OpenAIProxy:
             if task is not None:
                 task.uncancel()
             status = CLIENT_CLOSED
+        except Exception:
+            log.exception("unhandled error on %s", scope["path"])
+            with contextlib.suppress(Exception):  # fails if the response had started: nothing more to say then
+                await send_error(send, ServingError(500, "Internal error in the gateway."), scope["path"])
         finally:
             watch.stop()
-            if in_flight is not None:
-                in_flight.dec()
+            if counted:
+                deps.metrics.request_finished(model)
             self._record(model, status, started, stats)
 
     async def _forward(
@@ -166,9 +181,13 @@ class OpenAIProxy:
             metrics.count_tokens(model, "completion_estimated", max(stats.frames - 2, 0))
 
 
-def add_proxy_route(app: Starlette, route: str, path: str, request_model: type[OpenAIRequest], deps: ProxyDeps) -> None:
-    """Mount an OpenAIProxy as a raw ASGI route (Starlette passes it scope/receive/send untouched)."""
-    app.router.routes.append(Route(path, OpenAIProxy(route, path, request_model, deps), methods=["POST"]))
+def add_proxy_route(
+    app: GatewayApp, route: str, path: str, request_model: type[OpenAIRequest], deps: ProxyDeps
+) -> None:
+    """Serve POST `path` with an OpenAIProxy on the app's fast path (other methods get 405 from the router)."""
+    proxy = OpenAIProxy(route, path, request_model, deps)
+    app.add_fast_route(path, proxy)
+    app.router.routes.append(Route(path, proxy, methods=["POST"]))
 
 
 def _is_openai_error(body: bytes) -> bool:

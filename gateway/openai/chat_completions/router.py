@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from starlette.applications import Starlette
-
+from gateway.fastpath import GatewayApp
 from gateway.openai.proxy import ProxyDeps, add_proxy_route
 from llmserve.protocol.openai import ChatCompletionRequest
 
 
-def attach_router(app: Starlette, deps: ProxyDeps) -> None:
+def attach_router(app: GatewayApp, deps: ProxyDeps) -> None:
     add_proxy_route(app, "chat_completions", "/v1/chat/completions", ChatCompletionRequest, deps)
