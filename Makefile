@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 
 up: setup
 	$(BIN)/llmserve pull $(CONFIG)
-	$(BIN)/llmserve up -f $(CONFIG) --port $(PORT)
+	$(BIN)/llmserve up -f $(CONFIG) --port $(PORT) --routing-profiles configs/routing
 
 test: setup lint
 	$(BIN)/llmserve pull configs/quickstart.yaml

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,7 @@ class ServiceState:
     pulling: asyncio.Task[None] | None = None
     replicas: dict[str, Replica] = field(default_factory=dict)
     next_index: int = 0
+    created: int = field(default_factory=lambda: int(time.time()))
 
     def as_dict(self) -> dict[str, Any]:
         predictor = self.service.spec.predictor
@@ -123,17 +125,23 @@ class Controller:
         for name, service in wanted.items():
             if name in self._services:
                 continue
-            predictor = service.spec.predictor
-            self._services[name] = ServiceState(service, desired=predictor.min_replicas)
-            self.registry.declare_service(
-                ServiceInfo(
-                    name=name,
-                    model_name=service.served_model_name,
-                    protocol="openai",
-                    min_replicas=predictor.min_replicas,
-                )
-            )
+            state = self._services[name] = ServiceState(service, desired=service.spec.predictor.min_replicas)
+            self._declare(state)
         self._wake.set()
+
+    def _declare(self, state: ServiceState) -> None:
+        predictor = state.service.spec.predictor
+        self.registry.declare_service(
+            ServiceInfo(
+                name=state.service.name,
+                model_name=state.service.served_model_name,
+                protocol="openai",
+                min_replicas=predictor.min_replicas,
+                created=state.created,
+                routing_profile=predictor.routing.profile,
+                tokenizer_dir=str(state.model_dir) if state.model_dir else None,
+            )
+        )
 
     def set_desired(self, name: str, replicas: int) -> int:
         """Ask for `replicas` of a service (clamped to its min/max); returns what was set."""
@@ -206,6 +214,8 @@ class Controller:
             try:
                 state.model_dir = await asyncio.to_thread(self._pull, state.service)
                 state.pull_error = None
+                if self._services.get(name) is state:
+                    self._declare(state)  # the gateway may now read the model's tokenizer
                 log.info("service %s: model ready at %s", name, state.model_dir)
                 state.pulling = None
             except Exception as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -17,7 +18,7 @@ from gateway.openai.completions import attach_router as attach_completions
 from gateway.openai.embeddings import attach_router as attach_embeddings
 from gateway.openai.models import attach_router as attach_models
 from gateway.openai.proxy import ProxyDeps
-from gateway.routing import Picker, RoundRobin
+from gateway.routing import LoadBoard, Scheduler, SignalScraper, load_profiles
 from gateway.settings import GatewaySettings
 from gateway.upstream import UpstreamPool
 from llmserve.endpoints import EndpointReader
@@ -29,7 +30,7 @@ def create_app(
     settings: GatewaySettings,
     endpoints: EndpointReader,
     *,
-    picker: Picker | None = None,
+    scheduler: Scheduler | None = None,
     metrics: GatewayMetrics | None = None,
     extensions: tuple[AppExtension, ...] = (),
 ) -> GatewayApp:
@@ -39,6 +40,11 @@ def create_app(
         connect_timeout=settings.upstream_connect_timeout,
         idle_timeout=settings.upstream_idle_timeout,
     )
+    board = scheduler.board if scheduler is not None else LoadBoard()
+    if scheduler is None:
+        profiles_dir = Path(settings.routing_profiles_dir) if settings.routing_profiles_dir else None
+        scheduler = Scheduler(load_profiles(profiles_dir), board, default_profile=settings.default_routing_profile)
+    scraper = SignalScraper(endpoints, board, pool, interval_s=settings.scrape_interval_s)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -46,7 +52,9 @@ def create_app(
         # collector's way, so full collections under load stay short (they showed as p99 spikes).
         gc.collect()
         gc.freeze()
+        scraper.start()
         yield
+        await scraper.stop()
         await pool.close()
 
     app = GatewayApp(
@@ -56,11 +64,12 @@ def create_app(
     )
     app.state.metrics = metrics
     app.state.upstream_pool = pool
+    app.state.scheduler = scheduler
     errors.install_error_handlers(app)
 
     deps = ProxyDeps(
         endpoints=endpoints,
-        picker=picker or RoundRobin(),
+        scheduler=scheduler,
         pool=pool,
         metrics=metrics,
         settings=settings,

@@ -27,3 +27,13 @@ class GatewaySettings(BaseModel):
         default=4.0, gt=0, description="Idle keep-alive connections to workers older than this are not reused."
     )
     access_log: bool = Field(default=False, description="Log every request (uvicorn's access log).")
+    routing_profiles_dir: str | None = Field(
+        default=None, description="Directory of RoutingProfile YAML files, added to (or replacing) the built-in ones."
+    )
+    default_routing_profile: str = Field(default="token-aware", description="Profile for services that name none.")
+    session_header: str = Field(default="x-session-id", description="Header naming a session for session affinity.")
+    scrape_interval_s: float = Field(default=0.5, gt=0, description="How often workers' /metrics are read.")
+
+    @property
+    def session_header_bytes(self) -> bytes:
+        return self.session_header.lower().encode()

@@ -58,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--max-body-bytes", type=int, default=10 * 1024 * 1024, help="largest request body")
     up.add_argument("--log-dir", type=Path, default=Path(".llmserve/logs"), help="replica log files")
     up.add_argument("--access-log", action="store_true", help="log every request")
+    up.add_argument(
+        "--routing-profiles", type=Path, default=None, help="directory of RoutingProfile YAML files (configs/routing)"
+    )
+    up.add_argument("--default-routing-profile", default="token-aware", help="for services that name none")
     up.set_defaults(handler=_cmd_up)
 
     pl = sub.add_parser("pull", help="fetch and prepare models into the cache")
@@ -67,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
     va = sub.add_parser("validate", help="check an InferenceService YAML file")
     va.add_argument("file")
+    va.add_argument("--routing-profiles", type=Path, default=None, help="directory of RoutingProfile YAML files")
     va.set_defaults(handler=_cmd_validate)
 
     st = sub.add_parser("status", help="services and replicas of a running llmserve")
@@ -86,8 +91,27 @@ def _describe(service: InferenceService) -> str:
     )
 
 
+def _check_routing(services: list[InferenceService], profiles_dir: Path | None, default: str) -> None:
+    from gateway.routing import RoutingProfileError, load_profiles
+
+    try:
+        known = load_profiles(profiles_dir)
+    except RoutingProfileError as exc:
+        raise SpecError(str(exc)) from None
+    if default not in known:
+        raise SpecError(f"--default-routing-profile: no profile named '{default}' (known: {', '.join(sorted(known))})")
+    for service in services:
+        profile = service.spec.predictor.routing.profile
+        if profile is not None and profile not in known:
+            raise SpecError(
+                f"{service.name}: spec.predictor.routing.profile: no profile named '{profile}' "
+                f"(known: {', '.join(sorted(known))})"
+            )
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     services = load_services(args.file)
+    _check_routing(services, args.routing_profiles, "token-aware")
     print(f"{args.file}: ok, {len(services)} InferenceService(s)")
     for service in services:
         print(f"  {_describe(service)}")
@@ -140,6 +164,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from gateway.settings import GatewaySettings
 
     services = load_services(args.file)
+    _check_routing(services, args.routing_profiles, args.default_routing_profile)
     keys = [k for k in args.api_key if k]
     keys += [k.strip() for k in os.environ.get("LLMSERVE_API_KEYS", "").split(",") if k.strip()]
     settings = GatewaySettings(
@@ -148,6 +173,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
         api_keys=tuple(SecretStr(k) for k in keys),
         max_body_bytes=args.max_body_bytes,
         access_log=args.access_log,
+        routing_profiles_dir=str(args.routing_profiles) if args.routing_profiles else None,
+        default_routing_profile=args.default_routing_profile,
     )
     runner: Any = asyncio.run
     try:

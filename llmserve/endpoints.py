@@ -32,6 +32,8 @@ class ServiceInfo:
     protocol: ServiceProtocol = "openai"
     created: int = field(default_factory=lambda: int(time.time()))
     min_replicas: int = 1
+    routing_profile: str | None = None  # None: the gateway's default profile
+    tokenizer_dir: str | None = None  # the model directory, once pulled (token-aware routing reads it)
 
 
 class EndpointReader(Protocol):

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from gateway.asgi import ClientDisconnected, Receive, Scope, Send, header, read_body, send_bytes, send_error
 from gateway.fastpath import GatewayApp
 from gateway.metrics import GatewayMetrics
-from gateway.routing import Picker, RouteContext
+from gateway.routing import Assignment, RouteContext, Scheduler
 from gateway.settings import GatewaySettings
 from gateway.streaming import DisconnectWatch, RelayStats, relay
 from gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse
@@ -45,7 +45,7 @@ def next_request_id() -> bytes:
 @dataclass(frozen=True)
 class ProxyDeps:
     endpoints: EndpointReader
-    picker: Picker
+    scheduler: Scheduler
     pool: UpstreamPool
     metrics: GatewayMetrics
     settings: GatewaySettings
@@ -80,7 +80,14 @@ class OpenAIProxy:
             deps.metrics.request_started(model)
             counted = True
             watch.start()
-            stats = await self._forward(service, body, request_id, send, reply_headers)
+            ctx = RouteContext(
+                service=service,
+                route=self.route,
+                request=request,
+                body_size=len(body),
+                session=_text(header(scope, deps.settings.session_header_bytes)),
+            )
+            stats = await self._forward(ctx, body, request_id, send, reply_headers)
             status = stats.status
         except ServingError as err:
             status = err.status
@@ -106,43 +113,50 @@ class OpenAIProxy:
 
     async def _forward(
         self,
-        service: ServiceInfo,
+        ctx: RouteContext,
         body: bytes,
         request_id: bytes,
         send: Send,
         reply_headers: list[tuple[bytes, bytes]],
     ) -> RelayStats:
-        response = await self._send_upstream(service, body, request_id)
+        response, assignment = await self._send_upstream(ctx, body, request_id)
         try:
             if response.status >= 400:
-                return await self._relay_worker_error(service, response, send, reply_headers)
+                return await self._relay_worker_error(ctx.service, response, send, reply_headers)
             return await relay(response, send, reply_headers)
         finally:
             response.abort()  # no-op when the response completed; otherwise the worker stops generating
+            assignment.release()
 
-    async def _send_upstream(self, service: ServiceInfo, body: bytes, request_id: bytes) -> UpstreamResponse:
+    async def _send_upstream(
+        self, ctx: RouteContext, body: bytes, request_id: bytes
+    ) -> tuple[UpstreamResponse, Assignment]:
         deps = self.deps
-        endpoints: Sequence[Endpoint] = deps.endpoints.ready_endpoints(service.name)
+        endpoints: Sequence[Endpoint] = deps.endpoints.ready_endpoints(ctx.service.name)
         if not endpoints:
-            raise ServingError.no_ready_replica(service.name, deps.settings.retry_after_seconds)
+            raise ServingError.no_ready_replica(ctx.service.name, deps.settings.retry_after_seconds)
         headers = [(b"content-type", b"application/json"), (b"x-request-id", request_id)]
-        ctx = RouteContext(service=service, route=self.route, body=body)
         while True:
-            endpoint = deps.picker.pick(ctx, endpoints)
+            assignment = await deps.scheduler.assign(ctx, endpoints)
             try:
-                return await deps.pool.request(
-                    endpoint.url,
+                response = await deps.pool.request(
+                    assignment.endpoint.url,
                     b"POST",
                     self.path,
                     headers,
                     body,
                     header_timeout=deps.settings.upstream_header_timeout,
                 )
+                return response, assignment
             except UpstreamError as exc:
+                assignment.release()
                 # Unreachable replica: the request never left, so another replica may take it.
-                endpoints = [e for e in endpoints if e.replica_id != endpoint.replica_id]
+                endpoints = [e for e in endpoints if e.replica_id != assignment.endpoint.replica_id]
                 if not exc.retryable or not endpoints:
                     raise ServingError.upstream_failure(str(exc)) from None
+            except BaseException:
+                assignment.release()
+                raise
 
     async def _relay_worker_error(
         self, service: ServiceInfo, response: UpstreamResponse, send: Send, reply_headers: list[tuple[bytes, bytes]]
@@ -196,3 +210,7 @@ def _is_openai_error(body: bytes) -> bool:
     except orjson.JSONDecodeError:
         return False
     return isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value else None

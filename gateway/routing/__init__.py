@@ -1,6 +1,24 @@
-"""Choosing a replica for a request. This package never sends anything; it only decides where."""
+"""Choosing a replica for a request: filters, weighted scorers and a picker, combined in named profiles.
 
-from gateway.routing.base import Picker, RouteContext
-from gateway.routing.round_robin import RoundRobin
+This package never sends requests; it only decides where they go (and counts what is in flight where).
+"""
 
-__all__ = ["Picker", "RoundRobin", "RouteContext"]
+from gateway.routing.base import Candidate, RouteContext
+from gateway.routing.load import LoadBoard
+from gateway.routing.profiles import DEFAULT_PROFILE, Profile, RoutingProfileError, load_profiles
+from gateway.routing.scheduler import Assignment, Scheduler
+from gateway.routing.signals import SignalScraper, parse_vllm_metrics
+
+__all__ = [
+    "DEFAULT_PROFILE",
+    "Assignment",
+    "Candidate",
+    "LoadBoard",
+    "Profile",
+    "RouteContext",
+    "RoutingProfileError",
+    "Scheduler",
+    "SignalScraper",
+    "load_profiles",
+    "parse_vllm_metrics",
+]

@@ -9,6 +9,7 @@ from llmserve.spec.models import (
     ModelSpec,
     PredictorSpec,
     Resources,
+    RoutingSpec,
 )
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "ModelSpec",
     "PredictorSpec",
     "Resources",
+    "RoutingSpec",
     "SpecError",
     "load_services",
     "parse_services",

@@ -131,8 +131,18 @@ class ModelSpec(_Strict):
     resources: Resources = Field(default_factory=Resources, description="Per-replica resources.")
 
 
+class RoutingSpec(_Strict):
+    profile: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Routing profile (built in: token-aware, least-request, round-robin, prefix-chars; or one "
+        "from --routing-profiles). Default: the gateway's default (token-aware).",
+    )
+
+
 class PredictorSpec(_Strict):
     model: ModelSpec = Field(description="The model and how to serve it.")
+    routing: RoutingSpec = Field(default_factory=RoutingSpec, description="How the gateway picks a replica.")
     min_replicas: int = Field(default=1, ge=0, alias="minReplicas", description="Replicas kept running (0 allowed).")
     max_replicas: int | None = Field(
         default=None,

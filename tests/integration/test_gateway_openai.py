@@ -19,7 +19,10 @@ MESSAGES = [{"role": "user", "content": "hello"}]
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    with gateway_stack(workers=2, models=("m", "break-stream", "boom-500", "reset", "no-embeddings")) as s:
+    settings = GatewaySettings(default_routing_profile="round-robin")
+    with gateway_stack(
+        workers=2, models=("m", "break-stream", "boom-500", "reset", "no-embeddings"), settings=settings
+    ) as s:
         yield s
 
 
@@ -184,7 +187,7 @@ def test_stream_broken_mid_way_ends_with_an_error_frame(stack: Stack, client: op
 
 
 def test_unreachable_replica_fails_over_then_502() -> None:
-    with gateway_stack(workers=1) as s:
+    with gateway_stack(workers=1, settings=GatewaySettings(default_routing_profile="round-robin")) as s:
         dead = Endpoint(service="m", replica_id="m-dead", url="http://127.0.0.1:9")
         s.on_loop(s.registry.publish, dead)
         for _ in range(4):  # round-robin hits the dead one half of the time; each is retried elsewhere

@@ -98,3 +98,10 @@ def test_not_a_service(text: str, fragment: str) -> None:
 def test_unreadable_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"nope.yaml: cannot read"):
         load_services(tmp_path / "nope.yaml")
+
+
+def test_routing_profile_is_optional() -> None:
+    (service,) = parse_services(VALID)
+    assert service.spec.predictor.routing.profile is None
+    (routed,) = parse_services(VALID.replace("    minReplicas: 0\n", "    minReplicas: 0\n    routing: {profile: x}\n"))
+    assert routed.spec.predictor.routing.profile == "x"

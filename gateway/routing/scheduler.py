@@ -1,0 +1,112 @@
+"""The scheduler: for each request, run the service's routing profile over the ready replicas.
+
+It computes what plugins need once (prompt tokens, the expected token load), fails open to the least-loaded
+replica if a plugin raises, and keeps the gateway's in-flight counts (released when the response ends).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from gateway.routing.base import Candidate, RouteContext
+from gateway.routing.load import LoadBoard
+from gateway.routing.profiles import DEFAULT_PROFILE, Profile
+from gateway.routing.tokens import PromptTokens
+from llmserve.endpoints import Endpoint
+from llmserve.protocol.openai import ChatCompletionRequest
+
+log = logging.getLogger("llmserve.gateway.routing")
+
+
+@dataclass
+class Assignment:
+    """A request placed on a replica; `release()` when its response ended (exactly once)."""
+
+    endpoint: Endpoint
+    tokens: int
+    board: LoadBoard
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.board.finished(self.endpoint, self.tokens)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        profiles: Mapping[str, Profile],
+        board: LoadBoard,
+        tokens: PromptTokens | None = None,
+        *,
+        default_profile: str = DEFAULT_PROFILE,
+        default_output_tokens: int = 256,
+        prune_every: int = 512,
+    ) -> None:
+        if default_profile not in profiles:
+            raise ValueError(f"no routing profile named '{default_profile}'")
+        self.profiles = profiles
+        self.board = board
+        self.tokens = tokens or PromptTokens()
+        self.default_profile = default_profile
+        self.default_output_tokens = default_output_tokens
+        self.prune_every = prune_every
+        self._decisions = 0
+        self._last_failure_log = 0.0
+
+    def profile_for(self, name: str | None) -> Profile:
+        return self.profiles.get(name or self.default_profile) or self.profiles[self.default_profile]
+
+    async def assign(self, ctx: RouteContext, endpoints: Sequence[Endpoint]) -> Assignment:
+        """Choose a replica among `endpoints` (not empty) and count the request on it."""
+        profile = self.profile_for(ctx.service.routing_profile)
+        candidates = [Candidate(e, self.board.get(e)) for e in endpoints]
+        if profile.needs_tokens:
+            self.tokens.prepare(ctx.service.tokenizer_dir)
+        if profile.needs_tokens and len(candidates) > 1:
+            ctx.tokens = await self.tokens.prompt_tokens(ctx.service.tokenizer_dir, ctx.request)
+            prompt = len(ctx.tokens)
+        else:
+            prompt = ctx.body_size // 4  # a cheap estimate when no plugin needs the real count
+        ctx.expected_tokens = prompt + self._expected_output(ctx)
+        if len(candidates) == 1:
+            chosen = candidates[0]  # nothing to choose (and nothing worth tokenizing for)
+        else:
+            try:
+                chosen = profile.choose(ctx, candidates)
+            except Exception:
+                chosen = min(candidates, key=lambda c: (c.load.requests, c.load.in_flight_tokens))
+                self._log_failure(profile)
+        self._decisions += 1
+        if self._decisions % self.prune_every == 0:
+            self._prune(profile, ctx.service.name, endpoints)
+        self.board.started(chosen.endpoint, ctx.expected_tokens)
+        return Assignment(chosen.endpoint, ctx.expected_tokens, self.board)
+
+    def warm(self, tokenizer_dir: str | None) -> None:
+        """Load a service's tokenizer ahead of its first request."""
+        self.tokens.prepare(tokenizer_dir)
+
+    def _expected_output(self, ctx: RouteContext) -> int:
+        request = ctx.request
+        limit = request.max_tokens
+        if limit is None and isinstance(request, ChatCompletionRequest):
+            limit = request.max_completion_tokens
+        return (limit if limit is not None else self.default_output_tokens) * (request.n or 1)
+
+    def _prune(self, profile: Profile, service: str, endpoints: Sequence[Endpoint]) -> None:
+        live = {e.replica_id for e in endpoints}
+        for plugin in profile.plugins():
+            forget = getattr(plugin, "forget", None)
+            if forget is not None:
+                forget(service, live)
+
+    def _log_failure(self, profile: Profile) -> None:
+        now = time.monotonic()
+        if now - self._last_failure_log > 60:
+            self._last_failure_log = now
+            log.exception("routing profile '%s' failed; routed to the least-loaded replica", profile.name)

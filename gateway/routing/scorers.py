@@ -1,0 +1,289 @@
+"""Scorers: rate each candidate in [0, 1]; a profile sums them with weights.
+
+Load scorers score relative to the busiest candidate (1 - load / max load), so they are comparable across
+scorers and stay meaningful however large the numbers are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.routing.base import Candidate, RouteContext
+from gateway.routing.prefix import PrefixIndex
+from gateway.routing.tokens import message_text
+from llmserve.protocol.openai import ChatCompletionRequest, CompletionRequest
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _relative(values: list[float]) -> list[float]:
+    top = max(values)
+    if top <= 0:
+        return [1.0] * len(values)
+    return [1.0 - v / top for v in values]
+
+
+class QueueDepth:
+    """Fewer waiting requests is better (vllm:num_requests_waiting + what we sent since the scrape)."""
+
+    name: ClassVar[str] = "queue-depth"
+    needs_tokens: ClassVar[bool] = False
+
+    class Params(_Params):
+        pass
+
+    def __init__(self, params: Params) -> None:
+        pass
+
+    def score(self, ctx: RouteContext, candidates: list[Candidate]) -> list[float]:
+        return _relative([c.load.queued for c in candidates])
+
+
+class RunningRequests:
+    """Fewer running + waiting requests is better (the freshest estimate)."""
+
+    name: ClassVar[str] = "running-requests"
+    needs_tokens: ClassVar[bool] = False
+
+    class Params(_Params):
+        pass
+
+    def __init__(self, params: Params) -> None:
+        pass
+
+    def score(self, ctx: RouteContext, candidates: list[Candidate]) -> list[float]:
+        return _relative([c.load.requests for c in candidates])
+
+
+class LeastRequest:
+    """Fewer requests in flight from this gateway is better (a classic least-request balancer)."""
+
+    name: ClassVar[str] = "least-request"
+    needs_tokens: ClassVar[bool] = False
+
+    class Params(_Params):
+        pass
+
+    def __init__(self, params: Params) -> None:
+        pass
+
+    def score(self, ctx: RouteContext, candidates: list[Candidate]) -> list[float]:
+        return _relative([float(c.load.in_flight) for c in candidates])
+
+
+class KVCache:
+    """More free KV cache is better (vllm:kv_cache_usage_perc, or the older vllm:gpu_cache_usage_perc)."""
+
+    name: ClassVar[str] = "kv-cache"
+    needs_tokens: ClassVar[bool] = False
+
+    class Params(_Params):
+        pass
+
+    def __init__(self, params: Params) -> None:
+        pass
+
+    def score(self, ctx: RouteContext, candidates: list[Candidate]) -> list[float]:
+        return [max(0.0, 1.0 - c.load.kv_usage) for c in candidates]
+
+
+class InFlightTokens:
+    """Fewer tokens in flight (prompt + expected output of open requests, tracked by the gateway) is better."""
+
+    name: ClassVar[str] = "inflight-tokens"
+    needs_tokens: ClassVar[bool] = False
+
+    class Params(_Params):
+        pass
+
+    def __init__(self, params: Params) -> None:
+        pass
+
+    def score(self, ctx: RouteContext, candidates: list[Candidate]) -> list[float]:
+        return _relative([float(c.load.in_flight_tokens) for c in candidates])
+
+
+class PrefixCache:
+    """The share of the prompt's leading blocks the replica probably has cached (learned from our decisions)."""
+
+    name: ClassVar[str] = "prefix-cache"
+    needs_tokens: ClassVar[bool] = True
+
+    class Params(_Params):
+        capacity_blocks: int = Field(
+            default=65536, ge=1, alias="capacityBlocks", description="Blocks remembered per replica at most."
+        )
+
+    def __init__(self, params: Params) -> None:
+        self.capacity = params.capacity_blocks
+        self._indexes: dict[str, PrefixIndex] = {}  # one per service (block size and tokenizer are per service)
+
+    def _index(self, ctx: RouteContext) -> PrefixIndex:
+        index = self._indexes.get(ctx.service.name)
+        if index is None:
+            index = self._indexes[ctx.service.name] = PrefixIndex(self.capacity)
+        return index
+
+    def score(self, ctx: RouteContext, candidates: list[Candidate]) -> list[float]:
+        hashes = ctx.block_hashes(ctx.block_size(candidates))
+        if not hashes:
+            return [0.0] * len(candidates)
+        matched = self._index(ctx).matched_blocks(hashes, [c.replica_id for c in candidates])
+        return [matched[c.replica_id] / len(hashes) for c in candidates]
+
+    def learn(self, ctx: RouteContext, chosen: Candidate) -> None:
+        hashes = ctx.block_hashes(ctx.block_size([chosen]))
+        scraped = chosen.load.scraped
+        capacity = min(self.capacity, scraped.num_blocks) if scraped and scraped.num_blocks else None
+        self._index(ctx).record(chosen.replica_id, hashes, capacity)
+
+    def forget(self, service: str, live: set[str]) -> None:
+        index = self._indexes.get(service)
+        if index is not None:
+            for replica in [r for r in index.replicas() if r not in live]:
+                index.forget(replica)
+
+
+class SessionAffinity:
+    """The replica that served this session before (header, default `x-session-id`) scores 1."""
+
+    name: ClassVar[str] = "session-affinity"
+    needs_tokens: ClassVar[bool] = False
+
+    class Params(_Params):
+        max_sessions: int = Field(default=100_000, ge=1, alias="maxSessions")
+
+    def __init__(self, params: Params) -> None:
+        self.max_sessions = params.max_sessions
+        self._sessions: OrderedDict[tuple[str, str], str] = OrderedDict()
+
+    def score(self, ctx: RouteContext, candidates: list[Candidate]) -> list[float]:
+        if ctx.session is None:
+            return [0.0] * len(candidates)
+        replica = self._sessions.get((ctx.service.name, ctx.session))
+        return [1.0 if c.replica_id == replica else 0.0 for c in candidates]
+
+    def learn(self, ctx: RouteContext, chosen: Candidate) -> None:
+        if ctx.session is None:
+            return
+        key = (ctx.service.name, ctx.session)
+        self._sessions[key] = chosen.replica_id
+        self._sessions.move_to_end(key)
+        if len(self._sessions) > self.max_sessions:
+            self._sessions.popitem(last=False)
+
+
+class LoraAffinity:
+    """For a request naming a LoRA adapter: replicas running it score 1, queued 0.8, with a free slot 0.5."""
+
+    name: ClassVar[str] = "lora-affinity"
+    needs_tokens: ClassVar[bool] = False
+
+    class Params(_Params):
+        pass
+
+    def __init__(self, params: Params) -> None:
+        pass
+
+    def score(self, ctx: RouteContext, candidates: list[Candidate]) -> list[float]:
+        adapter = ctx.request.model
+        if adapter == ctx.service.model_name:
+            return [1.0] * len(candidates)
+        scores = []
+        for candidate in candidates:
+            scraped = candidate.load.scraped
+            if scraped is None:
+                scores.append(0.5)
+            elif adapter in scraped.lora_running:
+                scores.append(1.0)
+            elif adapter in scraped.lora_waiting:
+                scores.append(0.8)
+            elif len(scraped.lora_running) < scraped.max_lora:
+                scores.append(0.5)
+            else:
+                scores.append(0.0)
+        return scores
+
+
+def prompt_text(ctx: RouteContext) -> str:
+    request = ctx.request
+    if isinstance(request, ChatCompletionRequest):
+        return "".join(message_text(m) for m in request.messages)
+    if isinstance(request, CompletionRequest):
+        prompt = request.prompt
+        return prompt if isinstance(prompt, str) else str(prompt[:1])
+    return ""
+
+
+class CharPrefix:
+    """production-stack's prefix-aware routing, for comparison: 128-character chunk hashes; the replicas with the
+    longest matched prefix score 1 (so the picker chooses among them at random), or all score 0 if none matched."""
+
+    name: ClassVar[str] = "char-prefix"
+    needs_tokens: ClassVar[bool] = False
+
+    class Params(_Params):
+        chunk_chars: int = Field(default=128, ge=1, alias="chunkChars")
+        capacity_chunks: int = Field(default=65536, ge=1, alias="capacityChunks")
+
+    def __init__(self, params: Params) -> None:
+        self.chunk = params.chunk_chars
+        self._indexes: dict[str, PrefixIndex] = {}
+        self.capacity = params.capacity_chunks
+
+    def _index(self, ctx: RouteContext) -> PrefixIndex:
+        index = self._indexes.get(ctx.service.name)
+        if index is None:
+            index = self._indexes[ctx.service.name] = PrefixIndex(self.capacity)
+        return index
+
+    def _hashes(self, ctx: RouteContext) -> list[int]:
+        cached = ctx.scratch.get("char-prefix")
+        if isinstance(cached, list):
+            return cached
+        text = prompt_text(ctx).encode()
+        hashes: list[int] = []
+        previous = b""
+        for start in range(0, len(text), self.chunk):
+            previous = hashlib.blake2b(previous + text[start : start + self.chunk], digest_size=8).digest()
+            hashes.append(int.from_bytes(previous, "little"))
+        ctx.scratch["char-prefix"] = hashes
+        return hashes
+
+    def score(self, ctx: RouteContext, candidates: list[Candidate]) -> list[float]:
+        matched = self._index(ctx).matched_blocks(self._hashes(ctx), [c.replica_id for c in candidates])
+        best = max(matched.values(), default=0)
+        if best == 0:
+            return [0.0] * len(candidates)
+        return [1.0 if matched[c.replica_id] == best else 0.0 for c in candidates]
+
+    def learn(self, ctx: RouteContext, chosen: Candidate) -> None:
+        self._index(ctx).record(chosen.replica_id, self._hashes(ctx))
+
+    def forget(self, service: str, live: set[str]) -> None:
+        index = self._indexes.get(service)
+        if index is not None:
+            for replica in [r for r in index.replicas() if r not in live]:
+                index.forget(replica)
+
+
+SCORERS = {
+    cls.name: cls
+    for cls in (
+        QueueDepth,
+        RunningRequests,
+        LeastRequest,
+        KVCache,
+        InFlightTokens,
+        PrefixCache,
+        SessionAffinity,
+        LoraAffinity,
+        CharPrefix,
+    )
+}

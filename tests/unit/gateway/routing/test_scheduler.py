@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import random
+from array import array
+
+from gateway.routing.base import RouteContext
+from gateway.routing.load import LoadBoard, Scraped
+from gateway.routing.profiles import BUILTIN, build_profile, load_profiles
+from gateway.routing.scheduler import Scheduler
+from gateway.routing.tokens import PromptTokens
+from llmserve.endpoints import Endpoint
+from tests.unit.gateway.routing.helpers import SERVICE, chat
+
+ENDPOINTS = [Endpoint(service="svc", replica_id=f"r{i}", url=f"http://r{i}:1") for i in range(4)]
+DOCUMENT = "A long shared document. " * 200
+
+
+def scheduler(profile: str = "token-aware", clock: float = 100.0) -> Scheduler:
+    profiles = load_profiles(rng=random.Random(1), clock=lambda: clock)
+    board = LoadBoard()
+    for endpoint in ENDPOINTS:
+        board.record_scrape(endpoint, Scraped(block_size=16), now=clock)
+    return Scheduler(profiles, board, PromptTokens(), default_profile=profile)
+
+
+def ctx(content: str, session: str | None = None, max_tokens: int = 10) -> RouteContext:
+    return RouteContext(service=SERVICE, route="chat_completions", request=chat(content, max_tokens=max_tokens),
+                        session=session, body_size=len(content))  # fmt: skip
+
+
+async def test_same_prefix_goes_to_the_same_replica() -> None:
+    sched = scheduler()
+    first = await sched.assign(ctx(DOCUMENT + "Question one?"), ENDPOINTS)
+    first.release()
+    for question in ("Question two?", "Another one?", "And a third?"):
+        again = await sched.assign(ctx(DOCUMENT + question), ENDPOINTS)
+        again.release()
+        assert again.endpoint == first.endpoint
+
+
+async def test_unrelated_prompts_spread_out() -> None:
+    sched = scheduler()
+    chosen = set()
+    for i in range(12):
+        assignment = await sched.assign(ctx(f"unrelated prompt number {i} " * 20), ENDPOINTS)
+        chosen.add(assignment.endpoint.replica_id)  # not released: load builds up and spreads them
+    assert len(chosen) == 4
+
+
+async def test_imbalance_cap_overrides_affinity() -> None:
+    sched = scheduler()
+    held = [await sched.assign(ctx(DOCUMENT + f"q{i}"), ENDPOINTS) for i in range(12)]
+    counts: dict[str, int] = {}
+    for assignment in held:
+        counts[assignment.endpoint.replica_id] = counts.get(assignment.endpoint.replica_id, 0) + 1
+    hot = max(counts, key=lambda r: counts[r])
+    assert counts[hot] <= 8 + 1  # load-cap: at most maxExcessRequests above the least-loaded
+    assert len(counts) > 1
+
+
+async def test_in_flight_accounting() -> None:
+    sched = scheduler("least-request")
+    assignment = await sched.assign(ctx("hi", max_tokens=100), ENDPOINTS)
+    load = sched.board.get(assignment.endpoint)
+    assert load.in_flight == 1
+    assert load.in_flight_tokens == assignment.tokens >= 100
+    assignment.release()
+    assignment.release()  # idempotent
+    assert (load.in_flight, load.in_flight_tokens) == (0, 0)
+
+
+async def test_least_request_balances() -> None:
+    sched = scheduler("least-request")
+    held = [await sched.assign(ctx("x"), ENDPOINTS) for _ in range(8)]
+    assert sorted(sched.board.get(e).in_flight for e in ENDPOINTS) == [2, 2, 2, 2]
+    for assignment in held:
+        assignment.release()
+
+
+async def test_session_affinity_keeps_conversations_together() -> None:
+    sched = scheduler()
+    first = await sched.assign(ctx("turn one " * 10, session="conv-1"), ENDPOINTS)
+    first.release()
+    second = await sched.assign(ctx("a different turn two " * 10, session="conv-1"), ENDPOINTS)
+    assert second.endpoint == first.endpoint
+
+
+async def test_failing_plugin_fails_open_to_least_loaded() -> None:
+    class Broken:
+        name = "broken"
+        needs_tokens = False
+
+        def score(self, ctx: RouteContext, candidates: list[object]) -> list[float]:
+            raise RuntimeError("scorer bug")
+
+    profile = build_profile("broken", BUILTIN["least-request"])
+    profile.scorers.append((Broken(), 1.0))  # type: ignore[arg-type]
+    board = LoadBoard()
+    board.started(ENDPOINTS[0], 10)
+    board.started(ENDPOINTS[1], 10)
+    board.started(ENDPOINTS[3], 10)
+    sched = Scheduler({"broken": profile}, board, default_profile="broken")
+    assignment = await sched.assign(ctx("x"), ENDPOINTS)
+    assert assignment.endpoint == ENDPOINTS[2]
+
+
+async def test_tokens_are_computed_only_when_a_plugin_needs_them() -> None:
+    sched = scheduler("round-robin")
+    context = ctx(DOCUMENT)
+    await sched.assign(context, ENDPOINTS)
+    assert context.tokens is None
+    sched = scheduler("token-aware")
+    context = ctx(DOCUMENT)
+    await sched.assign(context, ENDPOINTS)
+    assert isinstance(context.tokens, array)
+    assert len(context.tokens) > 100
+    single = ctx(DOCUMENT)
+    await sched.assign(single, ENDPOINTS[:1])
+    assert single.tokens is None  # one replica: nothing to choose, nothing to tokenize
