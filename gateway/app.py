@@ -10,6 +10,8 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from gateway import errors
+from gateway.activator import Activator, ActivatorSettings
+from gateway.demand import DemandTracker
 from gateway.fastpath import GatewayApp
 from gateway.health import attach_router as attach_health
 from gateway.metrics import GatewayMetrics
@@ -45,6 +47,18 @@ def create_app(
         profiles_dir = Path(settings.routing_profiles_dir) if settings.routing_profiles_dir else None
         scheduler = Scheduler(load_profiles(profiles_dir), board, default_profile=settings.default_routing_profile)
     scraper = SignalScraper(endpoints, board, pool, interval_s=settings.scrape_interval_s)
+    demand = DemandTracker()
+    activator = Activator(
+        endpoints,
+        ActivatorSettings(
+            queue_depth=settings.activator_queue_depth,
+            timeout_s=settings.activator_timeout_s,
+            keepalive_s=settings.activator_keepalive_s,
+            retry_after_s=settings.retry_after_seconds,
+        ),
+        demand,
+        metrics,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -65,6 +79,8 @@ def create_app(
     app.state.metrics = metrics
     app.state.upstream_pool = pool
     app.state.scheduler = scheduler
+    app.state.demand = demand
+    app.state.activator = activator
     errors.install_error_handlers(app)
 
     deps = ProxyDeps(
@@ -73,6 +89,8 @@ def create_app(
         pool=pool,
         metrics=metrics,
         settings=settings,
+        demand=demand,
+        activator=activator,
     )
     attach_chat_completions(app, deps)
     attach_completions(app, deps)

@@ -15,6 +15,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+HELD_BUCKETS = (0.01, 0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -49,6 +50,8 @@ class GatewayMetrics:
         self._ttft: dict[tuple[str, str], _Histogram] = {}
         self._tokens: dict[tuple[str, str], int] = {}
         self._in_flight: dict[str, int] = {}
+        self._held_now: dict[str, int] = {}
+        self._held_time: dict[tuple[str, str], _Histogram] = {}
         self.registry.register(_Collector(self))
 
     # -- hot path -------------------------------------------------------------------------------------------------
@@ -73,6 +76,15 @@ class GatewayMetrics:
         histogram = self._ttft.get((model, route))
         if histogram is None:
             histogram = self._ttft[(model, route)] = _Histogram(TTFT_BUCKETS)
+        histogram.observe(seconds)
+
+    def activator_queue(self, service: str, depth: int) -> None:
+        self._held_now[service] = depth
+
+    def observe_held(self, service: str, seconds: float) -> None:
+        histogram = self._held_time.get((service, ""))
+        if histogram is None:
+            histogram = self._held_time[(service, "")] = _Histogram(HELD_BUCKETS)
         histogram.observe(seconds)
 
     def count_tokens(self, model: str, kind: str, n: int) -> None:
@@ -117,6 +129,20 @@ class GatewayMetrics:
         for model, count in list(self._in_flight.items()):
             in_flight.add_metric([model], count)
         yield in_flight
+        held = GaugeMetricFamily(
+            "llmserve_activator_queue_depth",
+            "Requests the activator holds because their service has no ready replica.",
+            labels=["service"],
+        )
+        for service, depth in list(self._held_now.items()):
+            held.add_metric([service], depth)
+        yield held
+        held_time = HistogramMetricFamily(
+            "llmserve_activator_held_seconds", "How long requests waited in the activator.", labels=["service"]
+        )
+        for (service, _), histogram in list(self._held_time.items()):
+            held_time.add_metric([service], histogram.buckets(), histogram.total)
+        yield held_time
 
     @staticmethod
     def _histograms(name: str, documentation: str, series: dict[tuple[str, str], _Histogram]) -> Metric:

@@ -33,6 +33,15 @@ class GatewaySettings(BaseModel):
     default_routing_profile: str = Field(default="token-aware", description="Profile for services that name none.")
     session_header: str = Field(default="x-session-id", description="Header naming a session for session affinity.")
     scrape_interval_s: float = Field(default=0.5, gt=0, description="How often workers' /metrics are read.")
+    activator_queue_depth: int = Field(
+        default=100, ge=0, description="Requests held per service while it has no ready replica (then 503)."
+    )
+    activator_timeout_s: float = Field(
+        default=120.0, gt=0, description="How long a held request waits for a replica before 503."
+    )
+    activator_keepalive_s: float = Field(
+        default=5.0, gt=0, description="SSE comment interval for streaming requests held by the activator."
+    )
 
     @property
     def session_header_bytes(self) -> bytes:

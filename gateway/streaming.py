@@ -41,46 +41,100 @@ def find_usage(data: bytes, stats: RelayStats) -> None:
         stats.completion_tokens = int(completion.group(1))
 
 
-async def relay(response: UpstreamResponse, send: Send, headers: list[tuple[bytes, bytes]]) -> RelayStats:
+class Reply:
+    """The client's side of an exchange: what has been sent so far.
+
+    Before anything is sent, any status can still be chosen. Once SSE keep-alives went out (a request held by the
+    activator), the reply is committed to `200 text/event-stream`: what follows must be SSE frames, errors
+    included.
+    """
+
+    __slots__ = ("headers", "send", "started")
+
+    def __init__(self, send: Send, headers: list[tuple[bytes, bytes]]) -> None:
+        self.send = send
+        self.headers = headers
+        self.started = False
+
+    async def start_stream(self) -> None:
+        if not self.started:
+            self.started = True
+            await self.send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"text/event-stream; charset=utf-8"),
+                        *_STREAM_HEADERS,
+                        *self.headers,
+                    ],
+                }
+            )
+
+    async def keepalive(self) -> None:
+        await self.start_stream()
+        await self.send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
+
+    async def error_frame(self, error: ServingError) -> None:
+        """An error after the stream started: one `data:` frame in OpenAI's envelope, then the end."""
+        await self.start_stream()
+        frame = b"data: " + orjson.dumps(error.openai_body()) + b"\n\ndata: [DONE]\n\n"
+        await self.send({"type": "http.response.body", "body": frame, "more_body": False})
+
+
+async def relay(response: UpstreamResponse, reply: Reply) -> RelayStats:
     """Send `response` to the client; the caller has already dealt with error statuses it wants to rewrite."""
     content_type = response.header(b"content-type") or b"application/json"
-    if response.header(b"content-length") is not None or not content_type.startswith(_EVENT_STREAM):
-        return await _relay_whole(response, send, content_type, headers)
-    return await _relay_stream(response, send, content_type, headers)
+    streamed = response.header(b"content-length") is None and content_type.startswith(_EVENT_STREAM)
+    if streamed:
+        return await _relay_stream(response, reply, content_type)
+    if reply.started:  # committed to SSE, but the worker answered with a whole body: pass it on as one frame
+        body = await _read(response)
+        await reply.send({"type": "http.response.body", "body": b"data: " + body + b"\n\ndata: [DONE]\n\n"})
+        return RelayStats(status=response.status)
+    return await _relay_whole(response, reply, content_type)
 
 
-async def _relay_whole(
-    response: UpstreamResponse, send: Send, content_type: bytes, headers: list[tuple[bytes, bytes]]
-) -> RelayStats:
+async def _read(response: UpstreamResponse) -> bytes:
     try:
-        body = await response.read()
+        return await response.read()
     except UpstreamError as exc:
         raise ServingError.upstream_failure(str(exc)) from None
+
+
+async def _relay_whole(response: UpstreamResponse, reply: Reply, content_type: bytes) -> RelayStats:
+    body = await _read(response)
     stats = RelayStats(status=response.status)
     if response.status == 200:
         find_usage(body[-1024:], stats)
-    await send(
+    reply.started = True
+    await reply.send(
         {
             "type": "http.response.start",
             "status": response.status,
-            "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers],
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                *reply.headers,
+            ],
         }
     )
-    await send({"type": "http.response.body", "body": body})
+    await reply.send({"type": "http.response.body", "body": body})
     return stats
 
 
-async def _relay_stream(
-    response: UpstreamResponse, send: Send, content_type: bytes, headers: list[tuple[bytes, bytes]]
-) -> RelayStats:
+async def _relay_stream(response: UpstreamResponse, reply: Reply, content_type: bytes) -> RelayStats:
     stats = RelayStats(status=response.status)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": response.status,
-            "headers": [(b"content-type", content_type), *_STREAM_HEADERS, *headers],
-        }
-    )
+    send = reply.send
+    if not reply.started:
+        reply.started = True
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": [(b"content-type", content_type), *_STREAM_HEADERS, *reply.headers],
+            }
+        )
     try:
         while (chunk := await response.next_chunk()) is not None:
             if stats.first_chunk_at is None:
@@ -92,9 +146,8 @@ async def _relay_stream(
     except UpstreamError as exc:
         # Headers are gone already: report the failure in-band, the way vLLM reports its own stream errors.
         stats.status = 502
-        error = ServingError.upstream_failure(str(exc))
-        frame = b"data: " + orjson.dumps(error.openai_body()) + b"\n\ndata: [DONE]\n\n"
-        await send({"type": "http.response.body", "body": frame, "more_body": True})
+        await reply.error_frame(ServingError.upstream_failure(str(exc)))
+        return stats
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     return stats
 

@@ -1,7 +1,9 @@
 """Where the control plane and the data plane meet: which services exist and which replicas are ready.
 
 The controller writes (`EndpointWriter`), the gateway reads (`EndpointReader`); neither imports the other.
-`EndpointRegistry` is the in-process implementation of both.
+The other way round, the gateway reports demand (what it holds and has in flight per service) and wakes a
+service that has no replica; the controller's autoscaler reads that (`DemandReader`, `on_wake`).
+`EndpointRegistry` is the in-process implementation of all of it (one event loop; no locking).
 """
 
 from __future__ import annotations
@@ -36,12 +38,41 @@ class ServiceInfo:
     tokenizer_dir: str | None = None  # the model directory, once pulled (token-aware routing reads it)
 
 
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """A service's load as the gateway sees it."""
+
+    in_flight: int = 0  # requests being answered by replicas
+    in_flight_tokens: int = 0  # their prompt + expected output tokens
+    held: int = 0  # requests the activator holds while no replica is ready
+    held_tokens: int = 0
+    arrived: int = 0  # requests received so far (a counter: arrivals between two reads show as an increase)
+
+
+NO_DEMAND = Demand()
+
+
+class DemandReader(Protocol):
+    def demand(self, service: str) -> Demand: ...
+
+
+Listener = Callable[[str], None]
+
+
 class EndpointReader(Protocol):
     def resolve_model(self, model_name: str) -> ServiceInfo | None: ...
 
     def services(self) -> list[ServiceInfo]: ...
 
     def ready_endpoints(self, service: str) -> tuple[Endpoint, ...]: ...
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call `listener(service)` after every change to that service's ready endpoints."""
+        ...
+
+    def wake(self, service: str) -> None:
+        """A request is waiting for `service` and nothing is ready: ask for a replica now."""
+        ...
 
 
 class EndpointWriter(Protocol):
@@ -54,9 +85,6 @@ class EndpointWriter(Protocol):
     def unpublish(self, service: str, replica_id: str) -> None: ...
 
 
-Listener = Callable[[str], None]
-
-
 class EndpointRegistry:
     """In-memory registry; reads are lock-free tuple lookups (the gateway's hot path)."""
 
@@ -65,6 +93,8 @@ class EndpointRegistry:
         self._by_model: dict[str, ServiceInfo] = {}
         self._ready: dict[str, tuple[Endpoint, ...]] = {}
         self._listeners: list[Listener] = []
+        self._wake_listeners: list[Listener] = []
+        self._demand: DemandReader | None = None
 
     # -- reader -------------------------------------------------------------------------------------------
     def resolve_model(self, model_name: str) -> ServiceInfo | None:
@@ -79,6 +109,20 @@ class EndpointRegistry:
     def subscribe(self, listener: Listener) -> None:
         """Call `listener(service)` after every change to that service's endpoints."""
         self._listeners.append(listener)
+
+    def wake(self, service: str) -> None:
+        for listener in self._wake_listeners:
+            listener(service)
+
+    # -- demand (gateway -> controller) ----------------------------------------------------------------------------
+    def report_demand_from(self, reader: DemandReader) -> None:
+        self._demand = reader
+
+    def demand(self, service: str) -> Demand:
+        return self._demand.demand(service) if self._demand is not None else NO_DEMAND
+
+    def on_wake(self, listener: Listener) -> None:
+        self._wake_listeners.append(listener)
 
     # -- writer -------------------------------------------------------------------------------------------
     def declare_service(self, info: ServiceInfo) -> None:

@@ -1,7 +1,8 @@
 """The service behind every OpenAI route: validate, resolve the model, pick a replica, forward, relay.
 
 A pure ASGI app (no per-request framework machinery on the hot path). The client's body is forwarded unchanged;
-only the fields routing and validation need are parsed (llmserve.protocol.openai).
+only the fields routing and validation need are parsed (llmserve.protocol.openai). A service with no ready
+replica sends its requests through the activator, which holds them until one is ready.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from dataclasses import dataclass
 import orjson
 from starlette.routing import Route
 
-from gateway.asgi import ClientDisconnected, Receive, Scope, Send, header, read_body, send_bytes, send_error
+from gateway.activator import Activator
+from gateway.asgi import ClientDisconnected, Receive, Scope, Send, header, read_body, send_error
+from gateway.demand import DemandTracker
 from gateway.fastpath import GatewayApp
 from gateway.metrics import GatewayMetrics
 from gateway.routing import Assignment, RouteContext, Scheduler
 from gateway.settings import GatewaySettings
-from gateway.streaming import DisconnectWatch, RelayStats, relay
+from gateway.streaming import DisconnectWatch, RelayStats, Reply, relay
 from gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from llmserve.endpoints import Endpoint, EndpointReader, ServiceInfo
 from llmserve.protocol.errors import ServingError
@@ -49,6 +52,8 @@ class ProxyDeps:
     pool: UpstreamPool
     metrics: GatewayMetrics
     settings: GatewaySettings
+    demand: DemandTracker
+    activator: Activator
 
 
 class OpenAIProxy:
@@ -64,7 +69,7 @@ class OpenAIProxy:
         started = time.perf_counter()
         deps = self.deps
         request_id = header(scope, b"x-request-id") or next_request_id()
-        reply_headers = [(b"x-request-id", request_id)]
+        reply = Reply(send, [(b"x-request-id", request_id)])
         model = UNKNOWN_MODEL
         status = 500
         stats: RelayStats | None = None
@@ -78,6 +83,7 @@ class OpenAIProxy:
                 raise ServingError.model_not_found(request.model)
             model = service.model_name
             deps.metrics.request_started(model)
+            deps.demand.arrived(service.name)
             counted = True
             watch.start()
             ctx = RouteContext(
@@ -87,11 +93,14 @@ class OpenAIProxy:
                 body_size=len(body),
                 session=_text(header(scope, deps.settings.session_header_bytes)),
             )
-            stats = await self._forward(ctx, body, request_id, send, reply_headers)
+            stats = await self._forward(ctx, body, request_id, reply)
             status = stats.status
         except ServingError as err:
             status = err.status
-            await send_error(send, err, scope["path"], reply_headers)
+            if reply.started:
+                await reply.error_frame(err)
+            else:
+                await send_error(send, err, scope["path"], reply.headers)
         except ClientDisconnected:
             status = CLIENT_CLOSED
         except asyncio.CancelledError:
@@ -111,30 +120,36 @@ class OpenAIProxy:
                 deps.metrics.request_finished(model)
             self._record(model, status, started, stats)
 
-    async def _forward(
-        self,
-        ctx: RouteContext,
-        body: bytes,
-        request_id: bytes,
-        send: Send,
-        reply_headers: list[tuple[bytes, bytes]],
-    ) -> RelayStats:
-        response, assignment = await self._send_upstream(ctx, body, request_id)
+    async def _forward(self, ctx: RouteContext, body: bytes, request_id: bytes, reply: Reply) -> RelayStats:
+        response, assignment = await self._send_upstream(ctx, body, request_id, reply)
+        self.deps.demand.start(ctx.service.name, assignment.tokens)
         try:
             if response.status >= 400:
-                return await self._relay_worker_error(ctx.service, response, send, reply_headers)
-            return await relay(response, send, reply_headers)
+                return await self._relay_worker_error(ctx.service, response, reply)
+            return await relay(response, reply)
         finally:
             response.abort()  # no-op when the response completed; otherwise the worker stops generating
             assignment.release()
+            self.deps.demand.finish(ctx.service.name, assignment.tokens)
 
-    async def _send_upstream(
-        self, ctx: RouteContext, body: bytes, request_id: bytes
-    ) -> tuple[UpstreamResponse, Assignment]:
+    async def _ready_endpoints(self, ctx: RouteContext, reply: Reply) -> Sequence[Endpoint]:
         deps = self.deps
         endpoints: Sequence[Endpoint] = deps.endpoints.ready_endpoints(ctx.service.name)
+        if endpoints:
+            return endpoints
+        # No replica (scaled to zero, starting, or restarting): wait in the activator while one starts.
+        keepalive = reply.keepalive if ctx.request.streamed else None
+        tokens = ctx.body_size // 4 + (ctx.request.max_tokens or deps.scheduler.default_output_tokens)
+        endpoints = await deps.activator.wait_for_replica(ctx.service.name, tokens, keepalive)
         if not endpoints:
             raise ServingError.no_ready_replica(ctx.service.name, deps.settings.retry_after_seconds)
+        return endpoints
+
+    async def _send_upstream(
+        self, ctx: RouteContext, body: bytes, request_id: bytes, reply: Reply
+    ) -> tuple[UpstreamResponse, Assignment]:
+        deps = self.deps
+        endpoints = await self._ready_endpoints(ctx, reply)
         headers = [(b"content-type", b"application/json"), (b"x-request-id", request_id)]
         while True:
             assignment = await deps.scheduler.assign(ctx, endpoints)
@@ -158,16 +173,22 @@ class OpenAIProxy:
                 assignment.release()
                 raise
 
-    async def _relay_worker_error(
-        self, service: ServiceInfo, response: UpstreamResponse, send: Send, reply_headers: list[tuple[bytes, bytes]]
-    ) -> RelayStats:
+    async def _relay_worker_error(self, service: ServiceInfo, response: UpstreamResponse, reply: Reply) -> RelayStats:
         """Relay a worker's error if it is in OpenAI's envelope already; otherwise put it in one."""
         try:
             detail = await response.read()
         except UpstreamError as exc:
             raise ServingError.upstream_failure(str(exc)) from None
-        if _is_openai_error(detail):
-            await send_bytes(send, response.status, detail, headers=reply_headers)
+        envelope = _openai_error(detail)
+        if envelope is not None:
+            if reply.started:
+                await reply.error_frame(ServingError(response.status, envelope.get("message", "worker error")))
+            else:
+                reply.started = True
+                headers = [(b"content-type", b"application/json"), (b"content-length", str(len(detail)).encode())]
+                await reply.send({"type": "http.response.start", "status": response.status,
+                                  "headers": [*headers, *reply.headers]})  # fmt: skip
+                await reply.send({"type": "http.response.body", "body": detail})
             return RelayStats(status=response.status)
         text = detail[:300].decode("utf-8", "replace")
         if response.status == 404:
@@ -204,12 +225,14 @@ def add_proxy_route(
     app.router.routes.append(Route(path, proxy, methods=["POST"]))
 
 
-def _is_openai_error(body: bytes) -> bool:
+def _openai_error(body: bytes) -> dict[str, str] | None:
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return False
-    return isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)
+        return None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+        return parsed["error"]  # type: ignore[no-any-return]
+    return None
 
 
 def _text(value: bytes | None) -> str | None:

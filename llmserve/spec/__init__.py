@@ -2,6 +2,7 @@
 
 from llmserve.spec.loader import SpecError, load_services, parse_services
 from llmserve.spec.models import (
+    AutoscalingSpec,
     EnvVar,
     InferenceService,
     InferenceServiceSpec,
@@ -13,6 +14,7 @@ from llmserve.spec.models import (
 )
 
 __all__ = [
+    "AutoscalingSpec",
     "EnvVar",
     "InferenceService",
     "InferenceServiceSpec",

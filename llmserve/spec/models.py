@@ -140,9 +140,57 @@ class RoutingSpec(_Strict):
     )
 
 
+class AutoscalingSpec(_Strict):
+    """KPA-style autoscaling knobs (Knative's names, in seconds)."""
+
+    stable_window_s: float = Field(
+        default=60.0, gt=0, alias="stableWindowSeconds", description="Averaging window for steady scaling."
+    )
+    panic_window_s: float = Field(
+        default=6.0, gt=0, alias="panicWindowSeconds", description="Short window that reacts to bursts."
+    )
+    panic_threshold: float = Field(
+        default=2.0, ge=1, alias="panicThreshold", description="Panic when the panic window sees this x capacity."
+    )
+    scale_to_zero_grace_s: float = Field(
+        default=30.0, ge=0, alias="scaleToZeroGracePeriodSeconds", description="Quiet time before going to zero."
+    )
+    max_scale_up_rate: float = Field(
+        default=1000.0, gt=1, alias="maxScaleUpRate", description="At most ready x this replicas per decision."
+    )
+    max_scale_down_rate: float = Field(
+        default=2.0, gt=1, alias="maxScaleDownRate", description="At least ready / this replicas per decision."
+    )
+
+    @model_validator(mode="after")
+    def _windows(self) -> AutoscalingSpec:
+        if self.panic_window_s > self.stable_window_s:
+            raise ValueError(
+                f"panicWindowSeconds ({self.panic_window_s:g}) must not exceed stableWindowSeconds "
+                f"({self.stable_window_s:g})"
+            )
+        return self
+
+
+DEFAULT_SCALE_TARGETS = {"concurrency": 8.0, "tokens": 8192.0}
+
+
 class PredictorSpec(_Strict):
     model: ModelSpec = Field(description="The model and how to serve it.")
     routing: RoutingSpec = Field(default_factory=RoutingSpec, description="How the gateway picks a replica.")
+    scale_metric: Literal["concurrency", "tokens"] = Field(
+        default="concurrency",
+        alias="scaleMetric",
+        description="What one replica's capacity is counted in: requests in flight, or tokens in flight "
+        "(prompt + expected output).",
+    )
+    scale_target: float | None = Field(
+        default=None,
+        gt=0,
+        alias="scaleTarget",
+        description="Per-replica target of scaleMetric (default: 8 requests, or 8192 tokens).",
+    )
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec, description="Autoscaler windows and rates.")
     min_replicas: int = Field(default=1, ge=0, alias="minReplicas", description="Replicas kept running (0 allowed).")
     max_replicas: int | None = Field(
         default=None,
@@ -162,6 +210,15 @@ class PredictorSpec(_Strict):
     @property
     def replica_ceiling(self) -> int:
         return self.max_replicas if self.max_replicas is not None else max(1, self.min_replicas)
+
+    @property
+    def target(self) -> float:
+        return self.scale_target if self.scale_target is not None else DEFAULT_SCALE_TARGETS[self.scale_metric]
+
+    @property
+    def autoscaled(self) -> bool:
+        """Whether the replica count can change at run time (scale to zero, or a range)."""
+        return self.min_replicas == 0 or self.replica_ceiling > self.min_replicas
 
 
 class InferenceServiceSpec(_Strict):

@@ -19,7 +19,7 @@ MESSAGES = [{"role": "user", "content": "hello"}]
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    settings = GatewaySettings(default_routing_profile="round-robin")
+    settings = GatewaySettings(default_routing_profile="round-robin", activator_timeout_s=0.5)
     with gateway_stack(
         workers=2, models=("m", "break-stream", "boom-500", "reset", "no-embeddings"), settings=settings
     ) as s:
@@ -157,12 +157,13 @@ def test_body_over_the_limit_is_413() -> None:
         assert ok.status_code == 200
 
 
-def test_no_ready_replica_is_503_with_retry_after(stack: Stack, client: openai.OpenAI) -> None:
+def test_no_ready_replica_after_the_activator_deadline_is_503(stack: Stack, client: openai.OpenAI) -> None:
     stack.on_loop(stack.registry.declare_service, ServiceInfo(name="cold", model_name="cold", min_replicas=0))
     response = httpx.post(f"{stack.url}/v1/chat/completions", json={"model": "cold", "messages": MESSAGES})
     assert response.status_code == 503
     assert response.headers["retry-after"] == "5"
     assert response.json()["error"]["code"] == "no_ready_replica"
+    assert "within 0.5 s" in response.json()["error"]["message"]
     with pytest.raises(openai.InternalServerError):
         client.chat.completions.create(model="cold", messages=MESSAGES)
 
