@@ -19,13 +19,14 @@ from typing import Any
 import httpx
 
 from controller.backends import Backend
-from controller.replica import HealthCheck, Replica
+from controller.replica import BusyProbe, HealthCheck, Replica
 from controller.settings import ControllerSettings
 from llmserve import storage
 from llmserve.endpoints import EndpointWriter, ServiceInfo
 from llmserve.spec import InferenceService
 from llmserve.workers import WorkerPlan
 from llmserve.workers.vllm import vllm_plan
+from llmserve.workers.vllm_metrics import parse_vllm_metrics
 
 log = logging.getLogger("llmserve.controller")
 
@@ -47,8 +48,9 @@ def plan_for(python: str | None) -> PlanFn:
     return plan
 
 
-def http_health_check() -> tuple[HealthCheck, Callable[[], Any]]:
-    """A health check over HTTP (200 = healthy) and the function that closes its client."""
+def http_probes() -> tuple[HealthCheck, BusyProbe, Callable[[], Any]]:
+    """Over HTTP: a health check (200 = healthy), a busy probe (vLLM's running + waiting requests from /metrics),
+    and the function that closes their client."""
     client = httpx.AsyncClient()
 
     async def check(url: str, limit_s: float) -> bool:
@@ -58,7 +60,17 @@ def http_health_check() -> tuple[HealthCheck, Callable[[], Any]]:
             return False
         return response.status_code == 200
 
-    return check, client.aclose
+    async def busy(url: str) -> float | None:
+        try:
+            response = await client.get(f"{url}/metrics", timeout=5)
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200 or "vllm:num_requests_running" not in response.text:
+            return None
+        scraped = parse_vllm_metrics(response.text)
+        return scraped.running + scraped.waiting
+
+    return check, busy, client.aclose
 
 
 @dataclass
@@ -71,6 +83,9 @@ class ServiceState:
     replicas: dict[str, Replica] = field(default_factory=dict)
     next_index: int = 0
     created: int = field(default_factory=lambda: int(time.time()))
+    cold_start_began: float | None = None  # set when scaling up from zero; cleared by the first ready replica
+    cold_starts: list[float] = field(default_factory=list)  # durations, seconds
+    restarts_seen: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         predictor = self.service.spec.predictor
@@ -106,9 +121,8 @@ class Controller:
         self._pull = pull
         self._plan = plan or plan_for(self.settings.python)
         self._close_health: Callable[[], Any] | None = None
-        if health is None:
-            health, self._close_health = http_health_check()
-        self._health = health
+        default_health, self._busy, self._close_health = http_probes()
+        self._health = health or default_health
         self._services: dict[str, ServiceState] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -147,9 +161,29 @@ class Controller:
         """Ask for `replicas` of a service (clamped to its min/max); returns what was set."""
         state = self._services[name]
         predictor = state.service.spec.predictor
-        state.desired = max(predictor.min_replicas, min(replicas, predictor.replica_ceiling))
+        desired = max(predictor.min_replicas, min(replicas, predictor.replica_ceiling))
+        if state.desired == 0 and desired > 0 and self.ready_count(name) == 0:
+            state.cold_start_began = time.monotonic()
+        state.desired = desired
         self._wake.set()
         return state.desired
+
+    def has_service(self, name: str) -> bool:
+        return name in self._services
+
+    def services(self) -> list[InferenceService]:
+        return [state.service for state in self._services.values()]
+
+    def desired(self, name: str) -> int:
+        return self._services[name].desired
+
+    def ready_count(self, name: str) -> int:
+        state = self._services.get(name)
+        return sum(r.ready for r in state.replicas.values()) if state else 0
+
+    def cold_starts(self, name: str) -> list[float]:
+        state = self._services.get(name)
+        return list(state.cold_starts) if state else []
 
     def status(self) -> list[dict[str, Any]]:
         return [state.as_dict() for state in self._services.values()]
@@ -202,7 +236,7 @@ class Controller:
                 order = sorted(replicas.values(), key=lambda r: (r.ready, r.record.started_at or 0.0))
                 for replica in order[:excess]:
                     del replicas[replica.replica_id]
-                    self._stop_later(replica)
+                    self._stop_later(replica, drain_s=self.settings.drain_s)
 
     # -- internals ------------------------------------------------------------------------------------------------
     def _ensure_pulling(self, state: ServiceState) -> None:
@@ -233,19 +267,37 @@ class Controller:
         replica_id = f"{service.name}-{state.next_index}"
         state.next_index += 1
         plan = self._plan(service, state.model_dir)
-        replica = Replica(replica_id, service.name, plan, self.backend, self.registry, self.settings, self._health)
+        replica = Replica(
+            replica_id,
+            service.name,
+            plan,
+            self.backend,
+            self.registry,
+            self.settings,
+            self._health,
+            on_ready=lambda: self._replica_ready(state),
+            busy=self._busy,
+        )
         state.replicas[replica_id] = replica
         replica.start()
+
+    @staticmethod
+    def _replica_ready(state: ServiceState) -> None:
+        if state.cold_start_began is not None:
+            took = time.monotonic() - state.cold_start_began
+            state.cold_starts.append(took)
+            state.cold_start_began = None
+            log.info("service %s: cold start took %.1f s", state.service.name, took)
 
     def _retire(self, name: str) -> None:
         state = self._services.pop(name)
         if state.pulling is not None:
             state.pulling.cancel()
         for replica in state.replicas.values():
-            self._stop_later(replica)
+            self._stop_later(replica, drain_s=self.settings.drain_s)
         self.registry.withdraw_service(name)
 
-    def _stop_later(self, replica: Replica) -> None:
-        task = asyncio.get_running_loop().create_task(replica.stop(), name=f"stop {replica.replica_id}")
+    def _stop_later(self, replica: Replica, drain_s: float = 0.0) -> None:
+        task = asyncio.get_running_loop().create_task(replica.stop(drain_s), name=f"stop {replica.replica_id}")
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)

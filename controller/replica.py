@@ -23,6 +23,7 @@ from llmserve.workers import WorkerPlan
 log = logging.getLogger("llmserve.controller")
 
 HealthCheck = Callable[[str, float], Awaitable[bool]]  # (url, timeout) -> healthy
+BusyProbe = Callable[[str], Awaitable[float | None]]  # (replica url) -> requests running + waiting, None: unknown
 
 
 class ReplicaState(enum.StrEnum):
@@ -69,6 +70,8 @@ class Replica:
         registry: EndpointWriter,
         settings: ControllerSettings,
         health: HealthCheck,
+        on_ready: Callable[[], None] | None = None,
+        busy: BusyProbe | None = None,
     ) -> None:
         self.service = service
         self.plan = plan
@@ -77,6 +80,8 @@ class Replica:
         self._registry = registry
         self._settings = settings
         self._health = health
+        self._on_ready = on_ready
+        self._busy = busy
         self._stopping = asyncio.Event()
         self._process: ReplicaProcess | None = None
         self._task: asyncio.Task[None] | None = None
@@ -96,14 +101,29 @@ class Replica:
     async def wait_ready(self) -> None:
         await self._ready.wait()
 
-    async def stop(self) -> None:
-        """Withdraw the endpoint, stop the process (and its children), end supervision."""
-        self._stopping.set()
+    async def stop(self, drain_s: float = 0.0) -> None:
+        """Withdraw the endpoint, let requests in flight finish (up to `drain_s`), then stop the process (and
+        its children) and end supervision."""
         self.record.state = ReplicaState.STOPPING
         self._registry.unpublish(self.service, self.replica_id)
+        if drain_s > 0:
+            await self._drain(drain_s)
+        self._stopping.set()
         if self._task is not None:
             await self._task
         self.record.state = ReplicaState.STOPPED
+
+    async def _drain(self, drain_s: float) -> None:
+        process = self._process
+        if self._busy is None or process is None or not process.running():
+            return
+        deadline = time.monotonic() + drain_s
+        while time.monotonic() < deadline and process.running():
+            busy = await self._busy(process.url)
+            if busy is None or busy == 0:
+                return
+            await self._pause(min(0.5, max(0.0, deadline - time.monotonic())), process)
+        log.warning("replica %s: still busy after draining %.0f s; stopping it anyway", self.replica_id, drain_s)
 
     # -- supervision loop ---------------------------------------------------------------------------------------
     async def _supervise(self) -> None:
@@ -147,6 +167,8 @@ class Replica:
         log.info("replica %s ready after %.1f s", self.replica_id, record.ready_at - record.started_at)
         self._registry.publish(Endpoint(service=self.service, replica_id=self.replica_id, url=process.url))
         self._ready.set()
+        if self._on_ready is not None:
+            self._on_ready()
         ready_since = time.monotonic()
         await self._watch(process)
         return time.monotonic() - ready_since

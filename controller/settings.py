@@ -25,4 +25,7 @@ class ControllerSettings(BaseModel):
     backoff_reset_after_s: float = Field(
         default=60.0, ge=0, description="A replica ready this long restarts with the initial delay again."
     )
+    drain_s: float = Field(
+        default=30.0, ge=0, description="When scaling down: how long a withdrawn replica may finish its requests."
+    )
     pull_retry_s: float = Field(default=30.0, gt=0, description="Delay before retrying a failed model pull.")

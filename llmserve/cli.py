@@ -191,6 +191,7 @@ async def _serve(services: list[InferenceService], settings: Any, log_dir: Path)
     import uvicorn
 
     from controller.api import admin_extension
+    from controller.autoscaling.autoscaler import Autoscaler
     from controller.backends.local import LocalBackend
     from controller.reconciler import Controller
     from controller.settings import ControllerSettings
@@ -200,7 +201,10 @@ async def _serve(services: list[InferenceService], settings: Any, log_dir: Path)
     registry = EndpointRegistry()
     controller_settings = ControllerSettings(log_dir=log_dir)
     controller = Controller(LocalBackend(controller_settings.replica_host, log_dir), registry, controller_settings)
-    app = create_app(settings, registry, extensions=(admin_extension(controller),))
+    autoscaler = Autoscaler(controller, registry)
+    app = create_app(settings, registry, extensions=(admin_extension(controller, autoscaler),))
+    registry.report_demand_from(app.state.demand)  # gateway -> autoscaler: held and in-flight requests
+    registry.on_wake(autoscaler.wake)  # a request held at zero replicas scales the service up at once
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -213,11 +217,13 @@ async def _serve(services: list[InferenceService], settings: Any, log_dir: Path)
     server = uvicorn.Server(config)
     controller.apply(services)
     await controller.start()
+    await autoscaler.start()
     announcer = asyncio.get_running_loop().create_task(_announce(services, settings, registry, log_dir))
     try:
         await server.serve()
     finally:
         announcer.cancel()
+        await autoscaler.stop()
         log.info("stopping replicas")
         await controller.stop()
         log.info("stopped")

@@ -69,7 +69,7 @@ def _average(samples: tuple[tuple[float, float], ...], since: float) -> float:
 def decide(
     config: AutoscalingConfig, now: float, demand: float, ready: int, state: PolicyState
 ) -> tuple[Decision, PolicyState]:
-    samples = tuple(s for s in state.samples if s[0] > now - config.stable_window_s) + ((now, demand),)
+    samples = (*(s for s in state.samples if s[0] > now - config.stable_window_s), (now, demand))
     last_active = now if demand > 0 else state.last_active
     stable = _average(samples, now - config.stable_window_s)
     panic = _average(samples, now - config.panic_window_s)

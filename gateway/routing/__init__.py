@@ -7,7 +7,7 @@ from gateway.routing.base import Candidate, RouteContext
 from gateway.routing.load import LoadBoard
 from gateway.routing.profiles import DEFAULT_PROFILE, Profile, RoutingProfileError, load_profiles
 from gateway.routing.scheduler import Assignment, Scheduler
-from gateway.routing.signals import SignalScraper, parse_vllm_metrics
+from gateway.routing.signals import SignalScraper
 
 __all__ = [
     "DEFAULT_PROFILE",
@@ -20,5 +20,4 @@ __all__ = [
     "Scheduler",
     "SignalScraper",
     "load_profiles",
-    "parse_vllm_metrics",
 ]

@@ -9,22 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llmserve.endpoints import Endpoint
-
-
-@dataclass(slots=True)
-class Scraped:
-    """One reading of a vLLM worker's /metrics (sums over its engines)."""
-
-    running: float = 0.0
-    waiting: float = 0.0
-    kv_usage: float = 0.0  # 0..1
-    block_size: int | None = None
-    num_blocks: int | None = None
-    prefix_queries: float = 0.0
-    prefix_hits: float = 0.0
-    lora_running: frozenset[str] = frozenset()
-    lora_waiting: frozenset[str] = frozenset()
-    max_lora: int = 0
+from llmserve.workers.vllm_metrics import Scraped
 
 
 @dataclass(slots=True)

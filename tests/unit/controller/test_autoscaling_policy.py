@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from controller.autoscaling.policy import AutoscalingConfig, Decision, PolicyState, decide
@@ -75,7 +77,7 @@ def test_no_scale_down_while_panicking_then_decay() -> None:
     trace.run(120, demand=2)  # the panic period ends; the stable average decays; scale-down rate-limited
     downs = [d for _, d in trace.history[-120:]]
     assert downs[-1] == 1
-    assert all(later >= earlier // 2 for earlier, later in zip(downs, downs[1:], strict=False))
+    assert all(later >= earlier // 2 for earlier, later in itertools.pairwise(downs))
 
 
 def test_scale_down_rate_is_limited() -> None:
@@ -123,9 +125,13 @@ def test_scale_up_rate_is_limited() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [{"target": 0}, {"min_replicas": 3, "max_replicas": 2}, {"panic_window_s": 100, "stable_window_s": 60}],
+    ("kwargs", "message"),
+    [
+        ({"target": 0}, "target"),
+        ({"min_replicas": 3, "max_replicas": 2}, "min_replicas"),
+        ({"panic_window_s": 100, "stable_window_s": 60}, "panic window"),
+    ],
 )
-def test_invalid_configs(kwargs: dict[str, float]) -> None:
-    with pytest.raises(ValueError):
+def test_invalid_configs(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
         AutoscalingConfig(**kwargs)  # type: ignore[arg-type]

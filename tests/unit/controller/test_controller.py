@@ -35,6 +35,7 @@ FAST = ControllerSettings(
     backoff_reset_after_s=100,
     stop_grace_s=0.1,
     pull_retry_s=0.05,
+    drain_s=0,
 )
 
 

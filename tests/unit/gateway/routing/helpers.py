@@ -5,9 +5,10 @@ from __future__ import annotations
 from array import array
 
 from gateway.routing.base import Candidate, RouteContext
-from gateway.routing.load import EndpointLoad, Scraped
+from gateway.routing.load import EndpointLoad
 from llmserve.endpoints import Endpoint, ServiceInfo
 from llmserve.protocol.openai import ChatCompletionRequest, OpenAIRequest
+from llmserve.workers.vllm_metrics import Scraped
 
 SERVICE = ServiceInfo(name="svc", model_name="base")
 

@@ -1,0 +1,39 @@
+"""The controller's Prometheus metrics, collected from its state when /metrics is scraped."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from controller.reconciler import Controller
+
+COLD_START_BUCKETS = (1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class ControllerCollector:
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+
+    def collect(self) -> Iterator[Metric]:
+        desired = GaugeMetricFamily("llmserve_replicas_desired", "Replicas the controller wants.", labels=["service"])
+        ready = GaugeMetricFamily("llmserve_replicas_ready", "Replicas serving requests.", labels=["service"])
+        restarts = CounterMetricFamily(
+            "llmserve_replica_restarts", "Replica restarts after crashes or failed health checks.", labels=["service"]
+        )
+        cold = HistogramMetricFamily(
+            "llmserve_cold_start_seconds",
+            "From scaling up at zero ready replicas to the first ready replica.",
+            labels=["service"],
+        )
+        for state in self.controller.status():
+            name = state["name"]
+            desired.add_metric([name], state["desired_replicas"])
+            ready.add_metric([name], state["ready_replicas"])
+            restarts.add_metric([name], sum(r["restarts"] for r in state["replicas"]))
+            durations = self.controller.cold_starts(name)
+            buckets = [(repr(bound), float(sum(d <= bound for d in durations))) for bound in COLD_START_BUCKETS] + [
+                ("+Inf", float(len(durations)))
+            ]
+            cold.add_metric([name], buckets, sum(durations))
+        yield from (desired, ready, restarts, cold)
