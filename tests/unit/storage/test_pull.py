@@ -112,7 +112,7 @@ def test_local_model_directory_is_used_in_place(tmp_path: Path) -> None:
     ("uri", "fmt", "fragment"),
     [
         ("file:///definitely/not/here", "huggingface", "no such file or directory"),
-        ("s3://bucket/model", "huggingface", "unsupported storage scheme 's3://'"),
+        ("ftp://bucket/model", "huggingface", "unsupported storage scheme 'ftp://'"),
         ("gs://bucket/model", "gguf", "unsupported storage scheme"),
     ],
 )

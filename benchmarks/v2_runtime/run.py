@@ -1,0 +1,284 @@
+"""The predictive runtime against its peers: the same iris LogisticRegression (joblib) and the same V2 request
+(one FP32 row) served by llmserve's runtime (adaptive batching on, and off), MLServer 1.7.1 + mlserver-sklearn
+and a KServe 0.21 ModelServer with a minimal sklearn `kserve.Model`, loaded with wrk at c=1, 16 and 64.
+
+    python benchmarks/v2_runtime/run.py --rounds 3 --duration 10
+
+Rounds are interleaved (each target runs each scenario once per round) and medians are reported; server CPU
+per request is the server's process tree CPU time (psutil) over the run. Before measuring, every target must
+answer the request with the right label, and KServe's own REST client (InferenceRESTClient) is run against
+llmserve's runtime as a compatibility check. Peers live in separate venvs under benchmarks/.work/ (MLServer
+with uvloop 0.21.0: with 0.23 its workers die, see ../shared/NOTES.md; kserve pins protobuf 6, which clashes
+with the main venv's protobuf 7). Results go to benchmarks/results/v2_runtime.md with this command, the machine
+and the date. The "through the gateway" row stays a placeholder until the gateway routes /v2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+WORK = REPO / "benchmarks" / ".work"
+BENCH = WORK / "v2_runtime"
+SKLEARN = "scikit-learn=={}"
+PEERS = {
+    "mlserver": ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop==0.21.0"],
+    "kserve": ["kserve==0.21.0"],
+}
+SCENARIOS = [("c=1", 1), ("c=16", 16), ("c=64", 64)]
+ALL_TARGETS = "llmserve,llmserve-nobatch,mlserver,kserve"
+BODY = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+    results: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def sklearn_version() -> str:
+    import sklearn
+
+    return str(sklearn.__version__)
+
+
+def peer_python(peer: str) -> Path:
+    venv = WORK / f"venv-{peer}"
+    python = venv / "bin" / "python"
+    if not python.exists() or subprocess.run([str(python), "-c", "import sklearn"], capture_output=True).returncode:
+        print(f"[bench] installing {peer} into {venv}", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        packages = [*PEERS[peer], SKLEARN.format(sklearn_version())]  # the same sklearn unpickles the same model
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], check=True)
+    return python
+
+
+def train_model() -> Path:
+    import joblib
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    folder = BENCH / "iris"
+    folder.mkdir(parents=True, exist_ok=True)
+    x, y = load_iris(return_X_y=True)
+    joblib.dump(LogisticRegression(max_iter=1000).fit(x, y), folder / "model.joblib")
+    return folder
+
+
+def start(cmd: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{url}: exited with {process.returncode}; see {log}")
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"{url} not ready in {timeout} s; see {log}")
+
+
+def start_target(name: str, model_dir: Path) -> Target:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = BENCH / f"{name}.log"
+    if name in ("llmserve", "llmserve-nobatch"):
+        cmd = [sys.executable, "-m", "llmserve.runtimes.server", "--host", "127.0.0.1", "--port", str(port)]
+        cmd += ["--model", f"iris={model_dir}:sklearn", "--log-level", "warning"]
+        if name == "llmserve-nobatch":
+            cmd += ["--max-batch-size", "1"]
+        process = start(cmd, log, cwd=REPO)
+    elif name == "mlserver":
+        root = BENCH / "mlserver"
+        (root / "iris").mkdir(parents=True, exist_ok=True)
+        shutil.copy(model_dir / "model.joblib", root / "iris" / "model.joblib")
+        (root / "iris" / "model-settings.json").write_text(
+            json.dumps({"name": "iris", "implementation": "mlserver_sklearn.SKLearnModel",
+                        "parameters": {"uri": "./model.joblib"}})
+        )  # fmt: skip
+        (root / "settings.json").write_text(
+            json.dumps({"host": "127.0.0.1", "http_port": port, "grpc_port": free_port(),
+                        "metrics_port": free_port()})
+        )  # fmt: skip
+        process = start([str(peer_python("mlserver").parent / "mlserver"), "start", str(root)], log)
+    elif name == "kserve":
+        python = peer_python("kserve")
+        cmd = [str(python), str(HERE / "kserve_iris.py"), "--model_dir", str(model_dir)]
+        cmd += ["--http_port", str(port), "--grpc_port", str(free_port())]
+        process = start(cmd, log)
+    else:
+        raise SystemExit(f"unknown target {name}")
+    wait_ready(url, process, log)
+    return Target(name, url, process)
+
+
+def check_answer(target: Target) -> None:
+    response = httpx.post(f"{target.url}/v2/models/iris/infer", json=BODY, timeout=10)
+    response.raise_for_status()
+    data = response.json()["outputs"][0]["data"]
+    if data != [0]:
+        raise SystemExit(f"{target.name} answered {data}, expected [0]")
+
+
+def kserve_client_check(url: str) -> str:
+    python = peer_python("kserve")
+    done = subprocess.run(
+        [str(python), str(HERE / "kserve_client_check.py"), url, "iris"], capture_output=True, text=True, timeout=120
+    )
+    if done.returncode != 0:
+        return f"FAILED: {(done.stdout + done.stderr).strip().splitlines()[-1]}"
+    return done.stdout.strip()
+
+
+def cpu_seconds(process: subprocess.Popen[bytes]) -> float:
+    proc = psutil.Process(process.pid)
+    total = sum(proc.cpu_times()[:2])
+    for child in proc.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += sum(child.cpu_times()[:2])
+    return total
+
+
+def run_wrk(url: str, connections: int, duration: int) -> dict[str, float]:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(HERE / "infer.lua")]
+    out = subprocess.run([*cmd, f"{url}/v2/models/iris/infer"], capture_output=True, text=True, check=True).stdout
+    data: dict[str, float] = json.loads(next(line for line in out.splitlines() if line.startswith("JSON "))[5:])
+    data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
+    return data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--targets", default=ALL_TARGETS)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "v2_runtime.md")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is missing: apt-get install wrk")
+    BENCH.mkdir(parents=True, exist_ok=True)
+    model_dir = train_model()
+    targets: list[Target] = []
+    client_check = "not run"
+    try:
+        for name in args.targets.split(","):
+            targets.append(start_target(name, model_dir))
+        for target in targets:  # a right answer first, then a warm-up
+            check_answer(target)
+            run_wrk(target.url, 4, 2)
+        if any(t.name == "llmserve" for t in targets) and "kserve" in args.targets:
+            client_check = kserve_client_check(next(t.url for t in targets if t.name == "llmserve"))
+            print(f"[bench] {client_check}", flush=True)
+        for round_no in range(args.rounds):
+            for label, connections in SCENARIOS:
+                for target in targets:
+                    before = cpu_seconds(target.process)
+                    result = run_wrk(target.url, connections, args.duration)
+                    result["cpu_us_per_request"] = (
+                        (cpu_seconds(target.process) - before) / max(result["requests"], 1) * 1e6
+                    )
+                    target.results.setdefault(label, []).append(result)
+                    print(
+                        f"[bench] round {round_no + 1} {label:<5} {target.name:<17} {result['rps']:8.0f} req/s "
+                        f"p50 {result['p50_us'] / 1000:6.2f} ms p99 {result['p99_us'] / 1000:6.2f} ms "
+                        f"cpu {result['cpu_us_per_request']:6.0f} us/req errors {result['errors']}+{result['non2xx']}",
+                        flush=True,
+                    )
+    finally:
+        for target in targets:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(target.process.pid, signal.SIGTERM)
+    write_report(args, targets, client_check)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def summary(target: Target, label: str) -> dict[str, float]:
+    runs = target.results.get(label, [])
+    return {key: median([r[key] for r in runs]) for key in ("rps", "p50_us", "p99_us", "cpu_us_per_request")} | {
+        "errors": sum(r["errors"] + r["non2xx"] for r in runs)
+    }
+
+
+def write_report(args: argparse.Namespace, targets: list[Target], client_check: str) -> None:
+    lines = [
+        "# V2 runtime: llmserve vs MLServer vs KServe (iris LogisticRegression)",
+        "",
+        f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}",
+        f"- machine: {platform.node()}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}; load from wrk (1 thread) on the same machine",
+        f"- command: `python benchmarks/v2_runtime/run.py --rounds {args.rounds} --duration {args.duration} "
+        f"--targets {args.targets}`",
+        f"- medians of {args.rounds} interleaved rounds of {args.duration} s; request: one FP32 row "
+        "(benchmarks/v2_runtime/infer.lua); model: sklearn LogisticRegression on iris, joblib, scikit-learn "
+        f"{sklearn_version()} in every venv",
+        "- llmserve: `python -m llmserve.runtimes.server` (adaptive batching: max_batch_size 64, max_latency_ms 0); "
+        "llmserve-nobatch: the same with `--max-batch-size 1`; MLServer 1.7.1 + mlserver-sklearn, defaults, "
+        "uvloop 0.21.0; KServe 0.21.0 ModelServer, defaults (benchmarks/v2_runtime/kserve_iris.py)",
+        f"- KServe's REST client against llmserve: {client_check}",
+        "",
+        "| target | scenario | req/s | p50 ms | p99 ms | server CPU us/req | errors |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, _ in SCENARIOS:
+        for target in targets:
+            s = summary(target, label)
+            lines.append(
+                f"| {target.name} | {label} | {s['rps']:.0f} | {s['p50_us'] / 1000:.2f} | {s['p99_us'] / 1000:.2f} | "
+                f"{s['cpu_us_per_request']:.0f} | {s['errors']:.0f} |"
+            )
+        lines.append(f"| llmserve through the gateway | {label} | _pending /v2 routing_ | | | | |")
+    by_name = {t.name: t for t in targets}
+    lines.append("")
+    if "llmserve" in by_name and "mlserver" in by_name:
+        ours, theirs = summary(by_name["llmserve"], "c=16"), summary(by_name["mlserver"], "c=16")
+        lines.append(
+            f"- c=16: llmserve / MLServer req/s = {ours['rps'] / theirs['rps']:.2f}x (goal >= 2x); p99 "
+            f"{ours['p99_us'] / 1000:.2f} ms vs {theirs['p99_us'] / 1000:.2f} ms (goal: no worse)"
+        )
+    if "llmserve" in by_name and "llmserve-nobatch" in by_name:
+        on, off = summary(by_name["llmserve"], "c=64"), summary(by_name["llmserve-nobatch"], "c=64")
+        lines.append(
+            f"- c=64: adaptive batching gain (llmserve / llmserve-nobatch req/s) = {on['rps'] / off['rps']:.2f}x"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
