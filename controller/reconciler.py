@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from llmserve import storage
 from llmserve.endpoints import EndpointWriter, ServiceInfo
 from llmserve.spec import InferenceService
 from llmserve.workers import WorkerPlan
+from llmserve.workers.sim.plan import sim_plan
+from llmserve.workers.v2 import v2_plan
 from llmserve.workers.vllm import vllm_plan
 from llmserve.workers.vllm_metrics import parse_vllm_metrics
 
@@ -36,6 +39,8 @@ PlanFn = Callable[[InferenceService, Path], WorkerPlan]
 
 def pull_model(service: InferenceService) -> Path:
     model = service.spec.predictor.model
+    if service.protocol == "v2":  # predictive artifacts are served as fetched (no LLM preparation)
+        return storage.fetch_model_dir(model.storage_uri)
     return storage.pull(model.storage_uri, model.model_format.name, progress=storage.stderr_progress)
 
 
@@ -43,6 +48,13 @@ def plan_for(python: str | None) -> PlanFn:
     def plan(service: InferenceService, model_dir: Path) -> WorkerPlan:
         if service.runtime == "vllm":
             return vllm_plan(service, model_dir, python=python)
+        if service.runtime == "vllm-sim":
+            model = service.spec.predictor.model
+            tokenizer = str(model_dir) if (model_dir / "tokenizer.json").is_file() else None
+            plan = sim_plan(service.served_model_name, args=model.args, tokenizer=tokenizer, python=python)
+            return dataclasses.replace(plan, env={**plan.env, **{v.name: v.value for v in model.env}})
+        if service.runtime == "llmserve-v2":
+            return v2_plan(service, model_dir, python=python)
         raise ValueError(f"no runtime named '{service.runtime}'")
 
     return plan
@@ -149,7 +161,7 @@ class Controller:
             ServiceInfo(
                 name=state.service.name,
                 model_name=state.service.served_model_name,
-                protocol="openai",
+                protocol=state.service.protocol,
                 min_replicas=predictor.min_replicas,
                 created=state.created,
                 routing_profile=predictor.routing.profile,

@@ -165,7 +165,14 @@ class Replica:
         record.state = ReplicaState.READY
         record.ready_at = time.time()
         log.info("replica %s ready after %.1f s", self.replica_id, record.ready_at - record.started_at)
-        self._registry.publish(Endpoint(service=self.service, replica_id=self.replica_id, url=process.url))
+        self._registry.publish(
+            Endpoint(
+                service=self.service,
+                replica_id=self.replica_id,
+                url=process.url,
+                grpc_address=process.grpc_address,
+            )
+        )
         self._ready.set()
         if self._on_ready is not None:
             self._on_ready()

@@ -23,6 +23,7 @@ class Endpoint:
     service: str
     replica_id: str
     url: str  # http://host:port, no trailing slash
+    grpc_address: str | None = None  # host:port of its gRPC server (V2 runtimes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,14 +32,21 @@ def free_port(host: str) -> int:
 
 
 class LocalProcess:
-    def __init__(self, process: asyncio.subprocess.Process, url: str, log_path: Path) -> None:
+    def __init__(
+        self, process: asyncio.subprocess.Process, url: str, log_path: Path, grpc_address: str | None = None
+    ) -> None:
         self._process = process
         self._url = url
+        self._grpc_address = grpc_address
         self.log_path = log_path
 
     @property
     def url(self) -> str:
         return self._url
+
+    @property
+    def grpc_address(self) -> str | None:
+        return self._grpc_address
 
     @property
     def pid(self) -> int | None:
@@ -98,12 +105,13 @@ class LocalBackend:
     async def launch(self, replica_id: str, plan: WorkerPlan) -> LocalProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         port = free_port(self.host)
+        grpc_port = free_port(self.host) if plan.needs_grpc_port else None
         log_path = self.log_dir / f"{replica_id}.log"
         env = {**os.environ, **plan.env}
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             process = await asyncio.create_subprocess_exec(
-                *plan.command(self.host, port),
+                *plan.command(self.host, port, grpc_port),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_fd,
                 stderr=asyncio.subprocess.STDOUT,
@@ -113,7 +121,8 @@ class LocalBackend:
             )
         finally:
             os.close(log_fd)
-        return LocalProcess(process, f"http://{self.host}:{port}", log_path)
+        grpc_address = f"{self.host}:{grpc_port}" if grpc_port is not None else None
+        return LocalProcess(process, f"http://{self.host}:{port}", log_path, grpc_address)
 
     async def close(self) -> None:
         return None

@@ -65,7 +65,7 @@ def _describe(where: str, exc: ValidationError) -> str:
     lines = [f"{where}: invalid InferenceService:"]
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
-        field = ".".join(str(p) for p in loc) or "(top level)"
+        field = ".".join(str(p) for p in loc)
         message = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             allowed = _allowed_fields(loc[:-1])
@@ -74,7 +74,7 @@ def _describe(where: str, exc: ValidationError) -> str:
             message = "required field is missing"
         elif "input" in err and not isinstance(err["input"], dict | list):
             message = f"{message} (got {err['input']!r})"
-        lines.append(f"  {field}: {message}")
+        lines.append(f"  {field}: {message}" if field else f"  {message}")
     return "\n".join(lines)
 
 

@@ -27,8 +27,15 @@ API_VERSION = "serving.llmserve.io/v1alpha1"
 
 # Formats served by an LLM engine (vLLM); #3 adds the predictive formats.
 LLM_FORMATS = ("huggingface", "safetensors", "gguf")
-ModelFormatName = Literal["huggingface", "safetensors", "gguf"]
-RuntimeName = Literal["vllm"]
+PREDICTIVE_FORMATS = ("sklearn", "xgboost", "lightgbm")
+ModelFormatName = Literal["huggingface", "safetensors", "gguf", "sklearn", "xgboost", "lightgbm"]
+# vllm: the real engine; vllm-sim: the vLLM-contract simulator (tests, benchmarks); llmserve-v2: predictive models.
+RuntimeName = Literal["vllm", "vllm-sim", "llmserve-v2"]
+RUNTIME_FORMATS: dict[str, tuple[str, ...]] = {
+    "vllm": LLM_FORMATS,
+    "vllm-sim": LLM_FORMATS,
+    "llmserve-v2": PREDICTIVE_FORMATS,
+}
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
@@ -83,7 +90,9 @@ class Metadata(_Strict):
 
 
 class ModelFormat(_Strict):
-    name: ModelFormatName = Field(description="Model format: huggingface, safetensors or gguf.")
+    name: ModelFormatName = Field(
+        description="Model format: huggingface, safetensors or gguf (LLMs); sklearn, xgboost or lightgbm (V2)."
+    )
     version: str | None = Field(default=None, description="Format version, informational.")
 
 
@@ -175,8 +184,18 @@ class AutoscalingSpec(_Strict):
 DEFAULT_SCALE_TARGETS = {"concurrency": 8.0, "tokens": 8192.0}
 
 
+class BatcherSpec(_Strict):
+    """Adaptive batching of the predictive runtime (KServe's names)."""
+
+    max_batch_size: int = Field(default=64, ge=1, alias="maxBatchSize", description="Rows per merged call (1: off).")
+    max_latency_ms: float = Field(
+        default=0.0, ge=0, alias="maxLatency", description="How long a request may wait for others (ms)."
+    )
+
+
 class PredictorSpec(_Strict):
     model: ModelSpec = Field(description="The model and how to serve it.")
+    batcher: BatcherSpec | None = Field(default=None, description="V2 services: adaptive batching.")
     routing: RoutingSpec = Field(default_factory=RoutingSpec, description="How the gateway picks a replica.")
     scale_metric: Literal["concurrency", "tokens"] = Field(
         default="concurrency",
@@ -242,4 +261,21 @@ class InferenceService(_Strict):
     @property
     def runtime(self) -> str:
         model = self.spec.predictor.model
-        return model.runtime or "vllm"
+        if model.runtime is not None:
+            return model.runtime
+        return "llmserve-v2" if model.model_format.name in PREDICTIVE_FORMATS else "vllm"
+
+    @property
+    def protocol(self) -> Literal["openai", "v2"]:
+        return "v2" if self.runtime == "llmserve-v2" else "openai"
+
+    @model_validator(mode="after")
+    def _runtime_serves_format(self) -> InferenceService:
+        model = self.spec.predictor.model
+        allowed = RUNTIME_FORMATS[self.runtime]
+        if model.model_format.name not in allowed:
+            raise ValueError(
+                f"spec.predictor.model: runtime '{self.runtime}' does not serve modelFormat "
+                f"'{model.model_format.name}' (it serves: {', '.join(allowed)})"
+            )
+        return self

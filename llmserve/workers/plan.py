@@ -10,13 +10,27 @@ from llmserve.endpoints import ServiceProtocol
 
 @dataclass(frozen=True)
 class WorkerPlan:
-    """`{host}` and `{port}` in argv are filled in by the backend that starts the process."""
+    """`{host}`, `{port}` (HTTP) and `{grpc_port}` in argv are filled in by the backend that starts the process."""
 
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
     protocol: ServiceProtocol = "openai"
     health_path: str = "/health"
     startup_timeout_s: float = 900.0
+    # What one replica needs, in Ray's resource names: "CPU", "GPU" (counts), "memory" (bytes), or custom names.
+    # Backends that schedule replicas onto machines (Ray) reserve them; the local backend ignores them.
+    resources: Mapping[str, float] = field(default_factory=dict)
 
-    def command(self, host: str, port: int) -> list[str]:
-        return [arg.replace("{host}", host).replace("{port}", str(port)) for arg in self.argv]
+    @property
+    def needs_grpc_port(self) -> bool:
+        """Whether the command takes a second port, for gRPC (`{grpc_port}` in argv)."""
+        return any("{grpc_port}" in arg for arg in self.argv)
+
+    def command(self, host: str, port: int, grpc_port: int | None = None) -> list[str]:
+        values = {"{host}": host, "{port}": str(port), "{grpc_port}": str(grpc_port)}
+        out = []
+        for arg in self.argv:
+            for key, value in values.items():
+                arg = arg.replace(key, value)
+            out.append(arg)
+        return out

@@ -25,6 +25,10 @@ class FakeProcess:
         return self._url
 
     @property
+    def grpc_address(self) -> str | None:
+        return None
+
+    @property
     def pid(self) -> int | None:
         return self._pid
 
