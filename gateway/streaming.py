@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -82,12 +83,14 @@ class Reply:
         await self.send({"type": "http.response.body", "body": frame, "more_body": False})
 
 
-async def relay(response: UpstreamResponse, reply: Reply) -> RelayStats:
+async def relay(
+    response: UpstreamResponse, reply: Reply, on_first_chunk: Callable[[], None] | None = None
+) -> RelayStats:
     """Send `response` to the client; the caller has already dealt with error statuses it wants to rewrite."""
     content_type = response.header(b"content-type") or b"application/json"
     streamed = response.header(b"content-length") is None and content_type.startswith(_EVENT_STREAM)
     if streamed:
-        return await _relay_stream(response, reply, content_type)
+        return await _relay_stream(response, reply, content_type, on_first_chunk)
     if reply.started:  # committed to SSE, but the worker answered with a whole body: pass it on as one frame
         body = await _read(response)
         await reply.send({"type": "http.response.body", "body": b"data: " + body + b"\n\ndata: [DONE]\n\n"})
@@ -123,7 +126,9 @@ async def _relay_whole(response: UpstreamResponse, reply: Reply, content_type: b
     return stats
 
 
-async def _relay_stream(response: UpstreamResponse, reply: Reply, content_type: bytes) -> RelayStats:
+async def _relay_stream(
+    response: UpstreamResponse, reply: Reply, content_type: bytes, on_first_chunk: Callable[[], None] | None
+) -> RelayStats:
     stats = RelayStats(status=response.status)
     send = reply.send
     if not reply.started:
@@ -139,6 +144,8 @@ async def _relay_stream(response: UpstreamResponse, reply: Reply, content_type: 
         while (chunk := await response.next_chunk()) is not None:
             if stats.first_chunk_at is None:
                 stats.first_chunk_at = time.perf_counter()
+                if on_first_chunk is not None:
+                    on_first_chunk()
             stats.frames += chunk.count(b"data: ")
             if b'"prompt_tokens"' in chunk:
                 find_usage(chunk, stats)

@@ -126,7 +126,7 @@ class OpenAIProxy:
         try:
             if response.status >= 400:
                 return await self._relay_worker_error(ctx.service, response, reply)
-            return await relay(response, reply)
+            return await relay(response, reply, on_first_chunk=assignment.first_token)
         finally:
             response.abort()  # no-op when the response completed; otherwise the worker stops generating
             assignment.release()

@@ -58,6 +58,15 @@ class RouteContext:
         return DEFAULT_BLOCK_SIZE
 
 
+def uncached_prompt_tokens(ctx: RouteContext, candidate: Candidate, prompt_tokens: int) -> int:
+    """Prompt tokens `candidate` would have to compute: all of them, less the prefix it probably holds (known when
+    a prefix scorer ran for this request)."""
+    matched = ctx.scratch.get("prefix-matched-tokens")
+    if isinstance(matched, dict):
+        return max(0, prompt_tokens - int(matched.get(candidate.replica_id, 0)))
+    return prompt_tokens
+
+
 class Plugin(Protocol):
     needs_tokens: ClassVar[bool]
 

@@ -20,6 +20,7 @@ class EndpointLoad:
     scrape_failures: int = 0
     in_flight: int = 0  # requests this gateway has open to the replica
     in_flight_tokens: int = 0  # their prompt + expected output tokens
+    pending_prefill: int = 0  # uncached prompt tokens of requests sent there whose first token has not come back
     in_flight_at_scrape: int = 0
 
     def stale(self, now: float, stale_after_s: float) -> bool:
@@ -77,6 +78,14 @@ class LoadBoard:
             load.in_flight = max(0, load.in_flight - 1)
             load.in_flight_tokens = max(0, load.in_flight_tokens - tokens)
             load.in_flight_at_scrape = min(load.in_flight_at_scrape, load.in_flight)
+
+    def prefill_started(self, endpoint: Endpoint, tokens: int) -> None:
+        self.get(endpoint).pending_prefill += tokens
+
+    def prefill_finished(self, endpoint: Endpoint, tokens: int) -> None:
+        load = self.loads.get(endpoint.replica_id)
+        if load is not None and load.endpoint.url == endpoint.url:
+            load.pending_prefill = max(0, load.pending_prefill - tokens)
 
     def forget_except(self, live: set[str]) -> None:
         for replica_id in [r for r in self.loads if r not in live]:

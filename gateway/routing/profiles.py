@@ -78,7 +78,8 @@ BUILTIN: dict[str, ProfileSpec] = {
     "token-aware": ProfileSpec(
         filters=[PluginRef(type="fresh-signals"), PluginRef(type="load-cap")],
         scorers=[
-            PluginRef(type="prefix-cache", weight=3),
+            PluginRef(type="prefix-cache", weight=1),  # must come before prefill-wait (which reads its matches)
+            PluginRef(type="prefill-wait", weight=3),
             PluginRef(type="queue-depth", weight=1),
             PluginRef(type="kv-cache", weight=1),
             PluginRef(type="inflight-tokens", weight=1),

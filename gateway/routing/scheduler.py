@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from gateway.routing.base import Candidate, RouteContext
+from gateway.routing.base import Candidate, RouteContext, uncached_prompt_tokens
 from gateway.routing.load import LoadBoard
 from gateway.routing.profiles import DEFAULT_PROFILE, Profile
 from gateway.routing.tokens import PromptTokens
@@ -28,11 +28,20 @@ class Assignment:
     endpoint: Endpoint
     tokens: int
     board: LoadBoard
+    prefill_tokens: int = 0  # uncached prompt tokens the replica has to compute first
     released: bool = False
+    prefilled: bool = False
+
+    def first_token(self) -> None:
+        """The replica answered its first token: its prefill work for this request is done."""
+        if not self.prefilled:
+            self.prefilled = True
+            self.board.prefill_finished(self.endpoint, self.prefill_tokens)
 
     def release(self) -> None:
         if not self.released:
             self.released = True
+            self.first_token()
             self.board.finished(self.endpoint, self.tokens)
 
 
@@ -85,7 +94,9 @@ class Scheduler:
         if self._decisions % self.prune_every == 0:
             self._prune(profile, ctx.service.name, endpoints)
         self.board.started(chosen.endpoint, ctx.expected_tokens)
-        return Assignment(chosen.endpoint, ctx.expected_tokens, self.board)
+        uncached = uncached_prompt_tokens(ctx, chosen, prompt)
+        self.board.prefill_started(chosen.endpoint, uncached)
+        return Assignment(chosen.endpoint, ctx.expected_tokens, self.board, prefill_tokens=uncached)
 
     def warm(self, tokenizer_dir: str | None) -> None:
         """Load a service's tokenizer ahead of its first request."""

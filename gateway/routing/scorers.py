@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.routing.base import Candidate, RouteContext
+from gateway.routing.base import Candidate, RouteContext, uncached_prompt_tokens
 from gateway.routing.prefix import PrefixIndex
 from gateway.routing.tokens import message_text
 from llmserve.protocol.openai import ChatCompletionRequest, CompletionRequest
@@ -131,10 +131,12 @@ class PrefixCache:
         return index
 
     def score(self, ctx: RouteContext, candidates: list[Candidate]) -> list[float]:
-        hashes = ctx.block_hashes(ctx.block_size(candidates))
+        block_size = ctx.block_size(candidates)
+        hashes = ctx.block_hashes(block_size)
         if not hashes:
             return [0.0] * len(candidates)
         matched = self._index(ctx).matched_blocks(hashes, [c.replica_id for c in candidates])
+        ctx.scratch["prefix-matched-tokens"] = {r: blocks * block_size for r, blocks in matched.items()}
         return [matched[c.replica_id] / len(hashes) for c in candidates]
 
     def learn(self, ctx: RouteContext, chosen: Candidate) -> None:
@@ -148,6 +150,30 @@ class PrefixCache:
         if index is not None:
             for replica in [r for r in index.replicas() if r not in live]:
                 index.forget(replica)
+
+
+class PrefillWait:
+    """The time to a first token, estimated in prompt tokens: the prefill work already queued on the replica (sent
+    by this gateway, first token not back yet) plus this prompt's tokens the replica does not have cached.
+
+    Affinity and load in one number: a replica holding the prompt's prefix wins unless it is busy enough that a
+    cold replica would answer sooner. Needs the prefix-cache scorer before it (for the cached part).
+    """
+
+    name: ClassVar[str] = "prefill-wait"
+    needs_tokens: ClassVar[bool] = True
+
+    class Params(_Params):
+        pass
+
+    def __init__(self, params: Params) -> None:
+        pass
+
+    def score(self, ctx: RouteContext, candidates: list[Candidate]) -> list[float]:
+        prompt = len(ctx.tokens) if ctx.tokens is not None else ctx.body_size // 4
+        costs = [c.load.pending_prefill + uncached_prompt_tokens(ctx, c, prompt) + 1 for c in candidates]
+        best = min(costs)
+        return [best / cost for cost in costs]
 
 
 class SessionAffinity:
@@ -282,6 +308,7 @@ SCORERS = {
         KVCache,
         InFlightTokens,
         PrefixCache,
+        PrefillWait,
         SessionAffinity,
         LoraAffinity,
         CharPrefix,
