@@ -23,6 +23,8 @@ from gateway.openai.proxy import ProxyDeps
 from gateway.routing import LoadBoard, Scheduler, SignalScraper, load_profiles
 from gateway.settings import GatewaySettings
 from gateway.upstream import UpstreamPool
+from gateway.v2 import V2Deps, start_grpc
+from gateway.v2 import attach_router as attach_v2
 from llmserve.endpoints import EndpointReader
 
 AppExtension = Callable[[FastAPI], None]
@@ -59,6 +61,7 @@ def create_app(
         demand,
         metrics,
     )
+    v2_deps = V2Deps(endpoints, board, pool, metrics, settings, demand, activator)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -67,7 +70,11 @@ def create_app(
         gc.collect()
         gc.freeze()
         scraper.start()
+        grpc_proxy = await start_grpc(v2_deps)  # None unless settings.grpc_port
+        app.state.grpc_proxy = grpc_proxy
         yield
+        if grpc_proxy is not None:
+            await grpc_proxy.stop()
         await scraper.stop()
         await pool.close()
 
@@ -96,6 +103,7 @@ def create_app(
     attach_completions(app, deps)
     attach_embeddings(app, deps)
     attach_models(app, endpoints)
+    attach_v2(app, v2_deps)
     attach_health(app, endpoints, metrics)
     for extend in extensions:
         extend(app)

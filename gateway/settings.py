@@ -10,6 +10,13 @@ class GatewaySettings(BaseModel):
 
     host: str = Field(default="127.0.0.1", description="Address the gateway listens on.")
     port: int = Field(default=8080, ge=0, le=65535, description="Port the gateway listens on (0: any free port).")
+    grpc_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the gateway's gRPC server (Open Inference Protocol's inference.GRPCInferenceService, "
+        "forwarded to V2 runtime replicas); 0: no gRPC server (grpc is then never imported).",
+    )
     api_keys: tuple[SecretStr, ...] = Field(
         default=(),
         description="Accepted bearer keys; empty means no authentication. Never logged.",

@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("-f", "--file", default="configs/quickstart.yaml", help="InferenceService YAML")
     up.add_argument("--host", default="127.0.0.1", help="gateway address (default: loopback only)")
     up.add_argument("--port", type=int, default=8080, help="gateway port")
+    up.add_argument("--grpc-port", type=int, default=8081, help="gateway gRPC port for V2 services (0: off)")
     up.add_argument(
         "--api-key",
         action="append",
@@ -170,6 +171,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     settings = GatewaySettings(
         host=args.host,
         port=args.port,
+        grpc_port=args.grpc_port,
         api_keys=tuple(SecretStr(k) for k in keys),
         max_body_bytes=args.max_body_bytes,
         access_log=args.access_log,

@@ -1,6 +1,10 @@
-"""The llmserve gateway alone, in front of one fixed worker URL (no controller), for proxy benchmarks.
+"""The llmserve gateway alone, in front of fixed worker URLs (no controller), for benchmarks.
 
-python benchmarks/gateway_overhead/serve_gateway.py --port 9002 --worker http://127.0.0.1:9000 --model m
+    python benchmarks/gateway_overhead/serve_gateway.py --port 9002 --worker http://127.0.0.1:9000 --model m \
+        [--routing-profile token-aware] [--tokenizer-dir DIR] [--protocol v2 [--grpc-port 9003]]
+
+`--protocol v2`: the workers are V2 runtimes (`python -m llmserve.runtimes.server`) serving MODEL; the gateway
+routes /v2/models/MODEL/... (and KServe V1 :predict) to them.
 """
 
 from __future__ import annotations
@@ -19,12 +23,26 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9002)
     parser.add_argument("--worker", action="append", required=True, help="worker URL (repeatable)")
     parser.add_argument("--model", default="m")
+    parser.add_argument("--routing-profile", default="token-aware")
+    parser.add_argument("--tokenizer-dir", default=None, help="model directory with tokenizer.json")
+    parser.add_argument("--protocol", choices=["openai", "v2"], default="openai", help="what the workers speak")
+    parser.add_argument("--grpc-port", type=int, default=0, help="the gateway's gRPC port (0: off)")
+    parser.add_argument("--worker-grpc", action="append", default=[], help="V2 worker gRPC host:port (repeatable)")
     args = parser.parse_args()
     registry = EndpointRegistry()
-    registry.declare_service(ServiceInfo(name=args.model, model_name=args.model))
+    registry.declare_service(
+        ServiceInfo(
+            name=args.model,
+            model_name=args.model,
+            protocol=args.protocol,
+            routing_profile=args.routing_profile,
+            tokenizer_dir=args.tokenizer_dir,
+        )
+    )
     for i, url in enumerate(args.worker):
-        registry.publish(Endpoint(service=args.model, replica_id=f"{args.model}-{i}", url=url))
-    app = create_app(GatewaySettings(port=args.port), registry)
+        grpc_address = args.worker_grpc[i] if i < len(args.worker_grpc) else None
+        registry.publish(Endpoint(args.model, f"{args.model}-{i}", url, grpc_address))
+    app = create_app(GatewaySettings(port=args.port, grpc_port=args.grpc_port), registry)
     uvicorn.run(
         app, host="127.0.0.1", port=args.port, http="httptools", loop="uvloop", access_log=False, log_level="warning"
     )

@@ -1,16 +1,19 @@
 """The predictive runtime against its peers: the same iris LogisticRegression (joblib) and the same V2 request
-(one FP32 row) served by llmserve's runtime (adaptive batching on, and off), MLServer 1.7.1 + mlserver-sklearn
-and a KServe 0.21 ModelServer with a minimal sklearn `kserve.Model`, loaded with wrk at c=1, 16 and 64.
+(one FP32 row) served by llmserve's runtime (adaptive batching on, and off), by that runtime through llmserve's
+gateway, by MLServer 1.7.1 + mlserver-sklearn and by a KServe 0.21 ModelServer with a minimal sklearn
+`kserve.Model`, loaded with wrk at c=1, 16 and 64.
 
     python benchmarks/v2_runtime/run.py --rounds 3 --duration 10
 
 Rounds are interleaved (each target runs each scenario once per round) and medians are reported; server CPU
-per request is the server's process tree CPU time (psutil) over the run. Before measuring, every target must
-answer the request with the right label, and KServe's own REST client (InferenceRESTClient) is run against
-llmserve's runtime as a compatibility check. Peers live in separate venvs under benchmarks/.work/ (MLServer
+per request is the server's process tree CPU time (psutil) over the run (through the gateway: the gateway's and
+the runtime's together). Before measuring, every target must answer the request with the right label, and
+KServe's own REST client (InferenceRESTClient) is run against llmserve's runtime and against the gateway as a
+compatibility check. Peers live in separate venvs under benchmarks/.work/ (MLServer
 with uvloop 0.21.0: with 0.23 its workers die, see ../shared/NOTES.md; kserve pins protobuf 6, which clashes
 with the main venv's protobuf 7). Results go to benchmarks/results/v2_runtime.md with this command, the machine
-and the date. The "through the gateway" row stays a placeholder until the gateway routes /v2.
+and the date. The gateway (llmserve-gateway: benchmarks/gateway_overhead/serve_gateway.py --protocol v2, no
+controller) runs in front of the `llmserve` target's runtime, so `llmserve` must be among the targets with it.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ PEERS = {
     "kserve": ["kserve==0.21.0"],
 }
 SCENARIOS = [("c=1", 1), ("c=16", 16), ("c=64", 64)]
-ALL_TARGETS = "llmserve,llmserve-nobatch,mlserver,kserve"
+ALL_TARGETS = "llmserve,llmserve-gateway,llmserve-nobatch,mlserver,kserve"
+GATEWAY = "llmserve-gateway"  # the gateway in front of the `llmserve` target's runtime
 BODY = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}
 
 
@@ -54,6 +58,7 @@ class Target:
     url: str
     process: subprocess.Popen[bytes]
     results: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    also: list[subprocess.Popen[bytes]] = field(default_factory=list)  # processes whose CPU counts too
 
 
 def free_port() -> int:
@@ -110,11 +115,20 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: f
     raise SystemExit(f"{url} not ready in {timeout} s; see {log}")
 
 
-def start_target(name: str, model_dir: Path) -> Target:
+def start_target(name: str, model_dir: Path, started: list[Target]) -> Target:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = BENCH / f"{name}.log"
-    if name in ("llmserve", "llmserve-nobatch"):
+    also: list[subprocess.Popen[bytes]] = []
+    if name == GATEWAY:
+        runtime = next((t for t in started if t.name == "llmserve"), None)
+        if runtime is None:
+            raise SystemExit(f"{GATEWAY} runs in front of the llmserve target: list llmserve before it")
+        cmd = [sys.executable, str(REPO / "benchmarks" / "gateway_overhead" / "serve_gateway.py"), "--port", str(port)]
+        cmd += ["--worker", runtime.url, "--model", "iris", "--protocol", "v2"]
+        process = start(cmd, log, cwd=REPO)
+        also.append(runtime.process)
+    elif name in ("llmserve", "llmserve-nobatch"):
         cmd = [sys.executable, "-m", "llmserve.runtimes.server", "--host", "127.0.0.1", "--port", str(port)]
         cmd += ["--model", f"iris={model_dir}:sklearn", "--log-level", "warning"]
         if name == "llmserve-nobatch":
@@ -141,7 +155,7 @@ def start_target(name: str, model_dir: Path) -> Target:
     else:
         raise SystemExit(f"unknown target {name}")
     wait_ready(url, process, log)
-    return Target(name, url, process)
+    return Target(name, url, process, also=also)
 
 
 def check_answer(target: Target) -> None:
@@ -153,6 +167,7 @@ def check_answer(target: Target) -> None:
 
 
 def kserve_client_check(url: str) -> str:
+    """KServe's InferenceRESTClient against `url`: its verdict, or why it failed."""
     python = peer_python("kserve")
     done = subprocess.run(
         [str(python), str(HERE / "kserve_client_check.py"), url, "iris"], capture_output=True, text=True, timeout=120
@@ -162,12 +177,14 @@ def kserve_client_check(url: str) -> str:
     return done.stdout.strip()
 
 
-def cpu_seconds(process: subprocess.Popen[bytes]) -> float:
-    proc = psutil.Process(process.pid)
-    total = sum(proc.cpu_times()[:2])
-    for child in proc.children(recursive=True):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += sum(child.cpu_times()[:2])
+def cpu_seconds(target: Target) -> float:
+    total = 0.0
+    for process in [target.process, *target.also]:
+        proc = psutil.Process(process.pid)
+        total += sum(proc.cpu_times()[:2])
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += sum(child.cpu_times()[:2])
     return total
 
 
@@ -191,24 +208,23 @@ def main() -> None:
     BENCH.mkdir(parents=True, exist_ok=True)
     model_dir = train_model()
     targets: list[Target] = []
-    client_check = "not run"
+    client_checks: dict[str, str] = {}
     try:
         for name in args.targets.split(","):
-            targets.append(start_target(name, model_dir))
+            targets.append(start_target(name, model_dir, targets))
         for target in targets:  # a right answer first, then a warm-up
             check_answer(target)
             run_wrk(target.url, 4, 2)
-        if any(t.name == "llmserve" for t in targets) and "kserve" in args.targets:
-            client_check = kserve_client_check(next(t.url for t in targets if t.name == "llmserve"))
-            print(f"[bench] {client_check}", flush=True)
+        if "kserve" in args.targets:
+            for target in [t for t in targets if t.name in ("llmserve", GATEWAY)]:
+                client_checks[target.name] = kserve_client_check(target.url)
+                print(f"[bench] {target.name}: {client_checks[target.name]}", flush=True)
         for round_no in range(args.rounds):
             for label, connections in SCENARIOS:
                 for target in targets:
-                    before = cpu_seconds(target.process)
+                    before = cpu_seconds(target)
                     result = run_wrk(target.url, connections, args.duration)
-                    result["cpu_us_per_request"] = (
-                        (cpu_seconds(target.process) - before) / max(result["requests"], 1) * 1e6
-                    )
+                    result["cpu_us_per_request"] = (cpu_seconds(target) - before) / max(result["requests"], 1) * 1e6
                     target.results.setdefault(label, []).append(result)
                     print(
                         f"[bench] round {round_no + 1} {label:<5} {target.name:<17} {result['rps']:8.0f} req/s "
@@ -220,7 +236,7 @@ def main() -> None:
         for target in targets:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(target.process.pid, signal.SIGTERM)
-    write_report(args, targets, client_check)
+    write_report(args, targets, client_checks)
 
 
 def median(values: list[float]) -> float:
@@ -234,7 +250,8 @@ def summary(target: Target, label: str) -> dict[str, float]:
     }
 
 
-def write_report(args: argparse.Namespace, targets: list[Target], client_check: str) -> None:
+def write_report(args: argparse.Namespace, targets: list[Target], client_checks: dict[str, str]) -> None:
+    checks = "; ".join(f"{name}: {verdict}" for name, verdict in client_checks.items()) or "not run (no kserve)"
     lines = [
         "# V2 runtime: llmserve vs MLServer vs KServe (iris LogisticRegression)",
         "",
@@ -248,8 +265,10 @@ def write_report(args: argparse.Namespace, targets: list[Target], client_check: 
         f"{sklearn_version()} in every venv",
         "- llmserve: `python -m llmserve.runtimes.server` (adaptive batching: max_batch_size 64, max_latency_ms 0); "
         "llmserve-nobatch: the same with `--max-batch-size 1`; MLServer 1.7.1 + mlserver-sklearn, defaults, "
-        "uvloop 0.21.0; KServe 0.21.0 ModelServer, defaults (benchmarks/v2_runtime/kserve_iris.py)",
-        f"- KServe's REST client against llmserve: {client_check}",
+        "uvloop 0.21.0; KServe 0.21.0 ModelServer, defaults (benchmarks/v2_runtime/kserve_iris.py); "
+        "llmserve-gateway: llmserve's gateway (benchmarks/gateway_overhead/serve_gateway.py --protocol v2) in front "
+        "of the llmserve runtime, CPU counted for both processes",
+        f"- KServe's REST client (InferenceRESTClient): {checks}",
         "",
         "| target | scenario | req/s | p50 ms | p99 ms | server CPU us/req | errors |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
@@ -261,7 +280,6 @@ def write_report(args: argparse.Namespace, targets: list[Target], client_check: 
                 f"| {target.name} | {label} | {s['rps']:.0f} | {s['p50_us'] / 1000:.2f} | {s['p99_us'] / 1000:.2f} | "
                 f"{s['cpu_us_per_request']:.0f} | {s['errors']:.0f} |"
             )
-        lines.append(f"| llmserve through the gateway | {label} | _pending /v2 routing_ | | | | |")
     by_name = {t.name: t for t in targets}
     lines.append("")
     if "llmserve" in by_name and "mlserver" in by_name:
@@ -270,6 +288,14 @@ def write_report(args: argparse.Namespace, targets: list[Target], client_check: 
             f"- c=16: llmserve / MLServer req/s = {ours['rps'] / theirs['rps']:.2f}x (goal >= 2x); p99 "
             f"{ours['p99_us'] / 1000:.2f} ms vs {theirs['p99_us'] / 1000:.2f} ms (goal: no worse)"
         )
+    if "llmserve" in by_name and GATEWAY in by_name:
+        for label, _ in SCENARIOS:
+            direct, through = summary(by_name["llmserve"], label), summary(by_name[GATEWAY], label)
+            lines.append(
+                f"- {label}: through the gateway / direct req/s = {through['rps'] / direct['rps']:.2f}x; added p50 "
+                f"{(through['p50_us'] - direct['p50_us']) / 1000:+.2f} ms, p99 "
+                f"{(through['p99_us'] - direct['p99_us']) / 1000:+.2f} ms"
+            )
     if "llmserve" in by_name and "llmserve-nobatch" in by_name:
         on, off = summary(by_name["llmserve"], "c=64"), summary(by_name["llmserve-nobatch"], "c=64")
         lines.append(

@@ -9,7 +9,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,3 +73,12 @@ def runtime_process(args: list[str], log: Path, within_s: float = 60.0) -> Itera
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+@contextmanager
+def runtime_processes(specs: list[tuple[list[str], Path]], within_s: float = 60.0) -> Iterator[list[RuntimeProcess]]:
+    """Several runtimes (args, log) started at once (their start-ups overlap), all stopped at the end."""
+    with ExitStack() as stack:
+        with ThreadPoolExecutor(len(specs)) as pool:
+            futures = [pool.submit(stack.enter_context, runtime_process(args, log, within_s)) for args, log in specs]
+        yield [future.result() for future in futures]

@@ -1,4 +1,8 @@
-"""GET /v1/models: the declared LLM services (scaled to zero or not), in OpenAI's list format."""
+"""GET /v1/models: the declared LLM services (scaled to zero or not), in OpenAI's list format.
+
+GET /v1/models/{name}: OpenAI's model card for an LLM service; for a predictive (V2) service, KServe V1's model
+status `{"name", "ready"}` as its runtime answers it (ready: the service has a ready replica).
+"""
 
 from __future__ import annotations
 
@@ -27,8 +31,10 @@ def attach_router(app: FastAPI, endpoints: EndpointReader) -> None:
     @router.get("/v1/models/{model:path}")
     async def retrieve_model(model: str) -> dict[str, Any]:
         info = endpoints.resolve_model(model)
-        if info is None or info.protocol != "openai":
+        if info is None:
             raise ServingError.model_not_found(model)
+        if info.protocol == "v2":
+            return {"name": info.model_name, "ready": bool(endpoints.ready_endpoints(info.name))}
         return _model_card(info)
 
     app.include_router(router)
