@@ -80,7 +80,7 @@ def test_completions_plain_and_streamed(client: openai.OpenAI) -> None:
 
 
 def test_stream_is_relayed_before_the_worker_finishes(stack: Stack) -> None:
-    body = {"model": "m", "messages": MESSAGES, "stream": True, "max_tokens": 4, "x_delay_ms": 400}
+    body = {"model": "m", "messages": MESSAGES, "stream": True, "max_tokens": 3, "x_delay_ms": 1500}
     done_before = sum(w.completed_streams for w in stack.workers)
     with httpx.stream("POST", f"{stack.url}/v1/chat/completions", json=body, timeout=10) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -91,7 +91,7 @@ def test_stream_is_relayed_before_the_worker_finishes(stack: Stack) -> None:
         assert sum(w.completed_streams for w in stack.workers) == done_before
         rest = [line for line in lines if line]
     assert rest[-1] == "data: [DONE]"
-    assert len(rest) == 4
+    assert len(rest) == 3
 
 
 def test_client_disconnect_aborts_the_upstream_stream(stack: Stack) -> None:
