@@ -45,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="run the gateway and the controller; replicas run as child processes")
+    up = sub.add_parser(
+        "up", help="run the gateway, the controller and the autoscaler; replicas run as child processes or Ray actors"
+    )
     up.add_argument("-f", "--file", default="configs/quickstart.yaml", help="InferenceService YAML")
     up.add_argument("--host", default="127.0.0.1", help="gateway address (default: loopback only)")
     up.add_argument("--port", type=int, default=8080, help="gateway port")
@@ -63,6 +65,18 @@ def _parser() -> argparse.ArgumentParser:
         "--routing-profiles", type=Path, default=None, help="directory of RoutingProfile YAML files (configs/routing)"
     )
     up.add_argument("--default-routing-profile", default="token-aware", help="for services that name none")
+    up.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="where replicas run: child processes here, or Ray actors across machines",
+    )
+    up.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="GCS address of a Ray head (ray start --head); default: a private Ray on this machine",
+    )
     up.set_defaults(handler=_cmd_up)
 
     pl = sub.add_parser("pull", help="fetch and prepare models into the cache")
@@ -185,11 +199,21 @@ def _cmd_up(args: argparse.Namespace) -> int:
         runner = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a core dependency
         pass
-    runner(_serve(services, settings, args.log_dir))
+    if args.backend == "ray":
+        from controller.backends.ray import connect_ray
+
+        connect_ray(args.ray_address)  # before the event loop: ray.init blocks for seconds
+    try:
+        runner(_serve(services, settings, args.log_dir, args.backend))
+    finally:
+        if args.backend == "ray":
+            from controller.backends.ray import disconnect_ray
+
+            disconnect_ray()
     return 0
 
 
-async def _serve(services: list[InferenceService], settings: Any, log_dir: Path) -> None:
+async def _serve(services: list[InferenceService], settings: Any, log_dir: Path, backend: str = "local") -> None:
     import uvicorn
 
     from controller.api import admin_extension
@@ -202,7 +226,14 @@ async def _serve(services: list[InferenceService], settings: Any, log_dir: Path)
 
     registry = EndpointRegistry()
     controller_settings = ControllerSettings(log_dir=log_dir)
-    controller = Controller(LocalBackend(controller_settings.replica_host, log_dir), registry, controller_settings)
+    if backend == "ray":
+        from controller.backends.ray import RayBackend, with_spec_resources
+        from controller.reconciler import plan_for
+
+        plan = with_spec_resources(plan_for(controller_settings.python))
+        controller = Controller(RayBackend(log_dir), registry, controller_settings, plan=plan)
+    else:
+        controller = Controller(LocalBackend(controller_settings.replica_host, log_dir), registry, controller_settings)
     autoscaler = Autoscaler(controller, registry)
     app = create_app(settings, registry, extensions=(admin_extension(controller, autoscaler),))
     registry.report_demand_from(app.state.demand)  # gateway -> autoscaler: held and in-flight requests

