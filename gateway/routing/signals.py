@@ -36,9 +36,22 @@ class SignalScraper:
         self.timeout_s = timeout_s
         self.clock = clock
         self._task: asyncio.Task[None] | None = None
+        self._first_scrapes: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="metrics scraper")
+        self.endpoints.subscribe(self._endpoints_changed)
+
+    def _endpoints_changed(self, service: str) -> None:
+        """A replica just became ready: read its signals now (block size above all) rather than at the next tick,
+        so that the first requests routed to it are hashed the way the rest will be."""
+        if self._task is None or self._task.done():
+            return
+        for endpoint in self.endpoints.ready_endpoints(service):
+            if self.board.get(endpoint).scraped_at is None:
+                task = asyncio.get_running_loop().create_task(self._scrape(endpoint))
+                self._first_scrapes.add(task)
+                task.add_done_callback(self._first_scrapes.discard)
 
     async def stop(self) -> None:
         if self._task is not None:

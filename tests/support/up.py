@@ -1,0 +1,80 @@
+"""`llmserve up` as a subprocess, the way a user runs it, for integration and end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from controller.backends.local import group_members
+from tests.conftest import REPO
+from tests.support.v2_runtime import free_port
+
+
+@dataclass
+class Up:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    headers: dict[str, str]
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def services(self) -> list[dict[str, Any]]:
+        response = httpx.get(f"{self.url}/admin/v1/services", headers=self.headers, timeout=10)
+        response.raise_for_status()
+        return list(response.json()["services"])
+
+    def service(self, name: str) -> dict[str, Any]:
+        return next(s for s in self.services() if s["name"] == name)
+
+    def wait(self, condition: Any, within_s: float, what: str) -> None:
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"llmserve up exited ({self.process.returncode}):\n{self.tail()}")
+            try:
+                if condition():
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"{what}: not reached within {within_s} s\n{self.tail()}")
+
+
+@contextmanager
+def llmserve_up(config: Path, work: Path, *extra: str, api_key: str | None = None) -> Iterator[Up]:
+    """Start `llmserve up -f config`; on exit, Ctrl-C it and check that no replica process is left."""
+    port = free_port()
+    log = work / "llmserve.log"
+    cmd = [sys.executable, "-m", "llmserve", "up", "-f", str(config), "--port", str(port), "--grpc-port", "0",
+           "--log-dir", str(work / "logs"), *extra]  # fmt: skip
+    if api_key:
+        cmd += ["--api-key", api_key]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=dict(os.environ))
+    up = Up(f"http://127.0.0.1:{port}", process, log, {"authorization": f"Bearer {api_key}"} if api_key else {})
+    pids: Sequence[int] = []
+    try:
+        up.wait(lambda: httpx.get(f"{up.url}/health", timeout=2).status_code == 200, 60, "gateway up")
+        yield up
+        pids = [r["pid"] for s in up.services() for r in s["replicas"] if r["pid"]]
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    leftovers = {pid: group_members(pid) for pid in pids if group_members(pid)}
+    assert not leftovers, f"replica processes left after Ctrl-C: {leftovers}"
