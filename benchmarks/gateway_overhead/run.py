@@ -86,8 +86,9 @@ def start(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subpr
         )
 
 
-def start_targets(backend_url: str, names: list[str]) -> list[Target]:
+def start_targets(backend_urls: list[str], names: list[str], args: argparse.Namespace) -> list[Target]:
     targets = []
+    backend_url = backend_urls[0]
     for name in names:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -96,22 +97,17 @@ def start_targets(backend_url: str, names: list[str]) -> list[Target]:
             targets.append(Target(name, backend_url))
             continue
         if name == "llmserve":
-            cmd = [sys.executable, str(HERE / "serve_gateway.py"), "--port", str(port), "--worker", backend_url]
+            workers = [a for u in backend_urls for a in ("--worker", u)]
+            cmd = [sys.executable, str(HERE / "serve_gateway.py"), "--port", str(port),
+                   "--routing-profile", args.llmserve_profile, *workers]  # fmt: skip
+            if args.tokenizer_dir:
+                cmd += ["--tokenizer-dir", args.tokenizer_dir]
             process = start(cmd, log)
             wait_http(f"{url}/health", process)
         elif name == "vllm-router":
             exe = peer_python("vllm-router").parent / "vllm-router"
-            cmd = [
-                str(exe),
-                "--worker-urls",
-                backend_url,
-                "--policy",
-                "round_robin",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ]
+            cmd = [str(exe), "--worker-urls", *backend_urls, "--policy", args.router_policy,
+                   "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
             process = start(cmd, log)
             wait_http(f"{url}/health", process)
         elif name == "litellm":
@@ -167,17 +163,26 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--targets", default="direct,llmserve,vllm-router,litellm")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "gateway_overhead.md")
+    parser.add_argument("--backends", type=int, default=1, help="fake backends behind the proxies (direct: the first)")
+    parser.add_argument("--llmserve-profile", default="token-aware", help="llmserve's routing profile")
+    parser.add_argument("--tokenizer-dir", default=None, help="model dir whose tokenizer llmserve's routing uses")
+    parser.add_argument("--router-policy", default="round_robin", help="vllm-router's --policy")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install wrk")
     WORK.mkdir(parents=True, exist_ok=True)
-    backend_port = free_port()
-    backend_url = f"http://127.0.0.1:{backend_port}"
-    backend = start([sys.executable, str(HERE / "fake_backend.py"), "--port", str(backend_port)], WORK / "backend.log")
+    backend_urls, backends = [], []
+    for i in range(args.backends):
+        port = free_port()
+        backend_urls.append(f"http://127.0.0.1:{port}")
+        backends.append(
+            start([sys.executable, str(HERE / "fake_backend.py"), "--port", str(port)], WORK / f"backend{i}.log")
+        )
     targets: list[Target] = []
     try:
-        wait_http(f"{backend_url}/health", backend)
-        targets = start_targets(backend_url, args.targets.split(","))
+        for url, backend in zip(backend_urls, backends, strict=True):
+            wait_http(f"{url}/health", backend)
+        targets = start_targets(backend_urls, args.targets.split(","), args)
         for target in targets:  # warm-up, and a check that every target answers correctly
             for stream in (False, True):
                 run_wrk(target.url, 4, stream, 2)
@@ -201,7 +206,8 @@ def main() -> None:
         for target in targets:
             if target.process is not None:
                 os.killpg(target.process.pid, signal.SIGTERM)
-        os.killpg(backend.pid, signal.SIGTERM)
+        for backend in backends:
+            os.killpg(backend.pid, signal.SIGTERM)
     write_report(args, targets)
 
 
@@ -218,9 +224,14 @@ def write_report(args: argparse.Namespace, targets: list[Target]) -> None:
         f"- machine: {platform.node()}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
         f"Python {platform.python_version()}; load from wrk (1 thread) on the same machine",
         f"- command: `python benchmarks/gateway_overhead/run.py --rounds {args.rounds} --duration {args.duration} "
-        f"--targets {args.targets}`",
-        f"- medians of {args.rounds} interleaved rounds of {args.duration} s each; backend: "
-        "benchmarks/gateway_overhead/fake_backend.py (raw ASGI + uvicorn/httptools/uvloop + orjson)",
+        f"--targets {args.targets} --backends {args.backends} --llmserve-profile {args.llmserve_profile} "
+        f"--router-policy {args.router_policy}"
+        + (f" --tokenizer-dir {args.tokenizer_dir}" if args.tokenizer_dir else "")
+        + "`",
+        f"- medians of {args.rounds} interleaved rounds of {args.duration} s each; {args.backends} backend(s) behind "
+        "the proxies (direct: the first): benchmarks/gateway_overhead/fake_backend.py (raw ASGI + "
+        f"uvicorn/httptools/uvloop + orjson); llmserve routing profile {args.llmserve_profile}, vllm-router policy "
+        f"{args.router_policy}",
         "",
         "| target | scenario | req/s | p50 ms | p99 ms | added p50 ms | proxy CPU us/req | errors |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
