@@ -15,8 +15,8 @@ import openai
 import pytest
 
 from tests.conftest import REPO
-from tests.e2e.conftest import Running
 from tests.support.openapi import OpenAISchemas
+from tests.support.up import Up
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]  # the first test also waits for vLLM to start
 
@@ -24,11 +24,11 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture
-def client(llmserve: Running) -> openai.OpenAI:
+def client(llmserve: Up) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{llmserve.url}/v1", api_key=llmserve.api_key, max_retries=0, timeout=120)
 
 
-def test_chat(client: openai.OpenAI, llmserve: Running, openai_schemas: OpenAISchemas) -> None:
+def test_chat(client: openai.OpenAI, llmserve: Up, openai_schemas: OpenAISchemas) -> None:
     answer = client.chat.completions.create(model="smollm2", messages=QUESTION, temperature=0, max_tokens=40)
     assert "Paris" in (answer.choices[0].message.content or "")
     raw = httpx.post(
@@ -40,7 +40,7 @@ def test_chat(client: openai.OpenAI, llmserve: Running, openai_schemas: OpenAISc
     openai_schemas.check("CreateChatCompletionResponse", raw.json())
 
 
-def test_streamed_chat_with_usage(client: openai.OpenAI, llmserve: Running, openai_schemas: OpenAISchemas) -> None:
+def test_streamed_chat_with_usage(client: openai.OpenAI, llmserve: Up, openai_schemas: OpenAISchemas) -> None:
     stream = client.chat.completions.create(
         model="smollm2",
         messages=QUESTION,
@@ -66,7 +66,7 @@ def test_streamed_chat_with_usage(client: openai.OpenAI, llmserve: Running, open
         openai_schemas.check("CreateChatCompletionStreamResponse", json.loads(frame))
 
 
-def test_completions(client: openai.OpenAI, llmserve: Running, openai_schemas: OpenAISchemas) -> None:
+def test_completions(client: openai.OpenAI, llmserve: Up, openai_schemas: OpenAISchemas) -> None:
     result = client.completions.create(model="smollm2", prompt="The capital of France is", max_tokens=5)
     assert result.usage is not None
     assert result.usage.completion_tokens <= 5
@@ -96,13 +96,13 @@ def test_n_stop_and_max_tokens_reach_vllm(client: openai.OpenAI) -> None:
     assert stopped.choices[0].finish_reason == "stop"
 
 
-def test_models(client: openai.OpenAI, llmserve: Running, openai_schemas: OpenAISchemas) -> None:
+def test_models(client: openai.OpenAI, llmserve: Up, openai_schemas: OpenAISchemas) -> None:
     assert sorted(m.id for m in client.models.list()) == ["smollm2", "smollm2-scale"]  # at zero replicas too
     listing = httpx.get(f"{llmserve.url}/v1/models", headers=llmserve.auth).json()
     openai_schemas.check("ListModelsResponse", listing)
 
 
-def test_errors(client: openai.OpenAI, llmserve: Running) -> None:
+def test_errors(client: openai.OpenAI, llmserve: Up) -> None:
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-4", messages=QUESTION)
     bad = httpx.post(
@@ -127,8 +127,8 @@ def _running_requests(worker_url: str) -> float:
     return float(match.group(1))
 
 
-def test_client_disconnect_aborts_generation_in_vllm(llmserve: Running) -> None:
-    (replica,) = llmserve.replicas()
+def test_client_disconnect_aborts_generation_in_vllm(llmserve: Up) -> None:
+    (replica,) = llmserve.replicas("smollm2")
     worker = replica["url"]
     body = {
         "model": "smollm2",
@@ -150,7 +150,7 @@ def test_client_disconnect_aborts_generation_in_vllm(llmserve: Running) -> None:
     assert _running_requests(worker) == 0
 
 
-def test_gateway_metrics(client: openai.OpenAI, llmserve: Running) -> None:
+def test_gateway_metrics(client: openai.OpenAI, llmserve: Up) -> None:
     list(client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=3, stream=True))
     text = httpx.get(f"{llmserve.url}/metrics", headers=llmserve.auth).text
     assert re.search(
@@ -159,7 +159,7 @@ def test_gateway_metrics(client: openai.OpenAI, llmserve: Running) -> None:
     assert re.search(r'llmserve_tokens_total\{kind="completion",model="smollm2"\} [1-9]', text)
 
 
-def test_status_command(llmserve: Running) -> None:
+def test_status_command(llmserve: Up) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "llmserve", "status", "--url", llmserve.url, "--api-key", llmserve.api_key],
         capture_output=True,
@@ -173,17 +173,17 @@ def test_status_command(llmserve: Running) -> None:
     assert "smollm2-scale  model=smollm2-scale" in out
 
 
-def test_replica_crash_is_restarted(client: openai.OpenAI, llmserve: Running) -> None:
-    (replica,) = llmserve.replicas()
+def test_replica_crash_is_restarted(client: openai.OpenAI, llmserve: Up) -> None:
+    (replica,) = llmserve.replicas("smollm2")
     os.kill(replica["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and llmserve.replicas()[0]["state"] == "ready":
+    while time.monotonic() < deadline and llmserve.replicas("smollm2")[0]["state"] == "ready":
         time.sleep(0.1)
-    assert llmserve.replicas()[0]["state"] != "ready"  # withdrawn at once: no request goes to the dead worker
+    assert llmserve.replicas("smollm2")[0]["state"] != "ready"  # withdrawn at once: no request goes to the dead worker
     # A request now is held by the activator until the restarted replica is ready, then answered.
     answer = client.chat.completions.create(model="smollm2", messages=QUESTION, temperature=0, max_tokens=40)
     assert "Paris" in (answer.choices[0].message.content or "")
-    (restarted,) = llmserve.replicas()
+    (restarted,) = llmserve.replicas("smollm2")
     assert restarted["state"] == "ready"
     assert restarted["restarts"] == 1
     assert restarted["pid"] != replica["pid"]

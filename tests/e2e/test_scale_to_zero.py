@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from controller.backends.local import group_members
-from tests.e2e.conftest import Running
+from tests.support.up import Up
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 
@@ -17,20 +17,7 @@ SERVICE = "smollm2-scale"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-def service_status(llmserve: Running) -> dict[str, object]:
-    return next(s for s in llmserve.services() if s["name"] == SERVICE)
-
-
-def wait_until(condition: object, within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.25)
-    pytest.fail(f"{what} not reached within {within_s} s")
-
-
-def streamed_answer(llmserve: Running) -> tuple[str, float]:
+def streamed_answer(llmserve: Up) -> tuple[str, float]:
     client = openai.OpenAI(base_url=f"{llmserve.url}/v1", api_key=llmserve.api_key, max_retries=0, timeout=600)
     started = time.monotonic()
     first_token_at = None
@@ -45,8 +32,8 @@ def streamed_answer(llmserve: Running) -> tuple[str, float]:
     return text, first_token_at - started
 
 
-def test_zero_to_one_to_zero_and_back(llmserve: Running) -> None:
-    assert service_status(llmserve)["desired_replicas"] == 0
+def test_zero_to_one_to_zero_and_back(llmserve: Up) -> None:
+    assert llmserve.service(SERVICE)["desired_replicas"] == 0
     assert llmserve.replicas(SERVICE) == []
 
     text, cold_ttft = streamed_answer(llmserve)  # held by the activator while the replica starts
@@ -56,9 +43,9 @@ def test_zero_to_one_to_zero_and_back(llmserve: Running) -> None:
     assert replica["state"] == "ready"
 
     # Idle: the autoscaler's 4 s window and 4 s grace pass, the replica is drained and stopped.
-    wait_until(lambda: service_status(llmserve)["desired_replicas"] == 0, 60, "scale to zero")
-    wait_until(lambda: llmserve.replicas(SERVICE) == [], 60, "replica removal")
-    wait_until(lambda: group_members(pid) == [], 60, "worker processes gone")  # the API server and its engine
+    llmserve.wait(lambda: llmserve.service(SERVICE)["desired_replicas"] == 0, 60, "scale to zero")
+    llmserve.wait(lambda: llmserve.replicas(SERVICE) == [], 60, "replica removal")
+    llmserve.wait(lambda: group_members(pid) == [], 60, "worker processes gone")  # the API server and its engine
 
     text, second_ttft = streamed_answer(llmserve)
     assert "Paris" in text

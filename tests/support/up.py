@@ -25,7 +25,13 @@ class Up:
     url: str
     process: subprocess.Popen[bytes]
     log: Path
-    headers: dict[str, str]
+    api_key: str | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    auth = headers
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -37,6 +43,13 @@ class Up:
 
     def service(self, name: str) -> dict[str, Any]:
         return next(s for s in self.services() if s["name"] == name)
+
+    def replicas(self, service: str) -> list[dict[str, Any]]:
+        return list(self.service(service)["replicas"])
+
+    def wait_ready(self, within_s: float) -> None:
+        """Until /ready says every service that should be up has a ready replica."""
+        self.wait(lambda: httpx.get(f"{self.url}/ready", timeout=5).status_code == 200, within_s, "/ready")
 
     def wait(self, condition: Any, within_s: float, what: str) -> None:
         deadline = time.monotonic() + within_s
@@ -63,7 +76,7 @@ def llmserve_up(config: Path, work: Path, *extra: str, api_key: str | None = Non
         cmd += ["--api-key", api_key]
     with open(log, "wb") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=dict(os.environ))
-    up = Up(f"http://127.0.0.1:{port}", process, log, {"authorization": f"Bearer {api_key}"} if api_key else {})
+    up = Up(f"http://127.0.0.1:{port}", process, log, api_key)
     pids: Sequence[int] = []
     try:
         up.wait(lambda: httpx.get(f"{up.url}/health", timeout=2).status_code == 200, 60, "gateway up")
@@ -72,9 +85,9 @@ def llmserve_up(config: Path, work: Path, *extra: str, api_key: str | None = Non
     finally:
         process.send_signal(signal.SIGINT)
         try:
-            process.wait(60)
+            process.wait(90)
         except subprocess.TimeoutExpired:
             process.kill()
-            raise
+            raise AssertionError("llmserve up did not stop within 90 s of Ctrl-C") from None
     leftovers = {pid: group_members(pid) for pid in pids if group_members(pid)}
     assert not leftovers, f"replica processes left after Ctrl-C: {leftovers}"
