@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict
 from gateway.routing.base import Candidate, RouteContext
 
 
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
 class MaxScore:
@@ -20,10 +20,9 @@ class MaxScore:
     name: ClassVar[str] = "max-score"
     needs_tokens: ClassVar[bool] = False
 
-    class Params(_Params):
-        pass
+    Params: ClassVar[type[BaseModel]] = NoParams
 
-    def __init__(self, params: Params, rng: random.Random) -> None:
+    def __init__(self, params: BaseModel, rng: random.Random) -> None:
         self.rng = rng
 
     def pick(self, ctx: RouteContext, candidates: list[Candidate], scores: list[float]) -> Candidate:
@@ -38,10 +37,9 @@ class WeightedRandom:
     name: ClassVar[str] = "weighted-random"
     needs_tokens: ClassVar[bool] = False
 
-    class Params(_Params):
-        pass
+    Params: ClassVar[type[BaseModel]] = NoParams
 
-    def __init__(self, params: Params, rng: random.Random) -> None:
+    def __init__(self, params: BaseModel, rng: random.Random) -> None:
         self.rng = rng
 
     def pick(self, ctx: RouteContext, candidates: list[Candidate], scores: list[float]) -> Candidate:
@@ -56,10 +54,9 @@ class RoundRobin:
     name: ClassVar[str] = "round-robin"
     needs_tokens: ClassVar[bool] = False
 
-    class Params(_Params):
-        pass
+    Params: ClassVar[type[BaseModel]] = NoParams
 
-    def __init__(self, params: Params, rng: random.Random) -> None:
+    def __init__(self, params: BaseModel, rng: random.Random) -> None:
         self._turn: dict[str, int] = {}
 
     def pick(self, ctx: RouteContext, candidates: list[Candidate], scores: list[float]) -> Candidate:

@@ -29,52 +29,61 @@ def _relative(values: list[float]) -> list[float]:
     return [1.0 - v / top for v in values]
 
 
-class QueueDepth:
+class NoParams(_Params):
+    pass
+
+
+class LoadScorer:
+    """Scores `1 - load / busiest candidate's load`, for the load measure a subclass defines in `load()`."""
+
+    name: ClassVar[str]
+    needs_tokens: ClassVar[bool] = False
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    def __init__(self, params: BaseModel) -> None:
+        pass
+
+    def load(self, candidate: Candidate) -> float:
+        raise NotImplementedError
+
+    def score(self, ctx: RouteContext, candidates: list[Candidate]) -> list[float]:
+        return _relative([self.load(c) for c in candidates])
+
+
+class QueueDepth(LoadScorer):
     """Fewer waiting requests is better (vllm:num_requests_waiting + what we sent since the scrape)."""
 
-    name: ClassVar[str] = "queue-depth"
-    needs_tokens: ClassVar[bool] = False
+    name = "queue-depth"
 
-    class Params(_Params):
-        pass
-
-    def __init__(self, params: Params) -> None:
-        pass
-
-    def score(self, ctx: RouteContext, candidates: list[Candidate]) -> list[float]:
-        return _relative([c.load.queued for c in candidates])
+    def load(self, candidate: Candidate) -> float:
+        return candidate.load.queued
 
 
-class RunningRequests:
+class RunningRequests(LoadScorer):
     """Fewer running + waiting requests is better (the freshest estimate)."""
 
-    name: ClassVar[str] = "running-requests"
-    needs_tokens: ClassVar[bool] = False
+    name = "running-requests"
 
-    class Params(_Params):
-        pass
-
-    def __init__(self, params: Params) -> None:
-        pass
-
-    def score(self, ctx: RouteContext, candidates: list[Candidate]) -> list[float]:
-        return _relative([c.load.requests for c in candidates])
+    def load(self, candidate: Candidate) -> float:
+        return candidate.load.requests
 
 
-class LeastRequest:
+class LeastRequest(LoadScorer):
     """Fewer requests in flight from this gateway is better (a classic least-request balancer)."""
 
-    name: ClassVar[str] = "least-request"
-    needs_tokens: ClassVar[bool] = False
+    name = "least-request"
 
-    class Params(_Params):
-        pass
+    def load(self, candidate: Candidate) -> float:
+        return float(candidate.load.in_flight)
 
-    def __init__(self, params: Params) -> None:
-        pass
 
-    def score(self, ctx: RouteContext, candidates: list[Candidate]) -> list[float]:
-        return _relative([float(c.load.in_flight) for c in candidates])
+class InFlightTokens(LoadScorer):
+    """Fewer tokens in flight (prompt + expected output of open requests, tracked by the gateway) is better."""
+
+    name = "inflight-tokens"
+
+    def load(self, candidate: Candidate) -> float:
+        return float(candidate.load.in_flight_tokens)
 
 
 class KVCache:
@@ -82,31 +91,13 @@ class KVCache:
 
     name: ClassVar[str] = "kv-cache"
     needs_tokens: ClassVar[bool] = False
+    Params: ClassVar[type[BaseModel]] = NoParams
 
-    class Params(_Params):
-        pass
-
-    def __init__(self, params: Params) -> None:
+    def __init__(self, params: BaseModel) -> None:
         pass
 
     def score(self, ctx: RouteContext, candidates: list[Candidate]) -> list[float]:
         return [max(0.0, 1.0 - c.load.kv_usage) for c in candidates]
-
-
-class InFlightTokens:
-    """Fewer tokens in flight (prompt + expected output of open requests, tracked by the gateway) is better."""
-
-    name: ClassVar[str] = "inflight-tokens"
-    needs_tokens: ClassVar[bool] = False
-
-    class Params(_Params):
-        pass
-
-    def __init__(self, params: Params) -> None:
-        pass
-
-    def score(self, ctx: RouteContext, candidates: list[Candidate]) -> list[float]:
-        return _relative([float(c.load.in_flight_tokens) for c in candidates])
 
 
 class PrefixCache:
@@ -162,11 +153,9 @@ class PrefillWait:
 
     name: ClassVar[str] = "prefill-wait"
     needs_tokens: ClassVar[bool] = True
+    Params: ClassVar[type[BaseModel]] = NoParams
 
-    class Params(_Params):
-        pass
-
-    def __init__(self, params: Params) -> None:
+    def __init__(self, params: BaseModel) -> None:
         pass
 
     def score(self, ctx: RouteContext, candidates: list[Candidate]) -> list[float]:
@@ -210,11 +199,9 @@ class LoraAffinity:
 
     name: ClassVar[str] = "lora-affinity"
     needs_tokens: ClassVar[bool] = False
+    Params: ClassVar[type[BaseModel]] = NoParams
 
-    class Params(_Params):
-        pass
-
-    def __init__(self, params: Params) -> None:
+    def __init__(self, params: BaseModel) -> None:
         pass
 
     def score(self, ctx: RouteContext, candidates: list[Candidate]) -> list[float]:
