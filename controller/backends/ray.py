@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import importlib
 import itertools
 import logging
@@ -38,9 +36,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from controller.backends.local import free_port, group_members
 from llmserve.spec.models import parse_quantity
 from llmserve.workers import WorkerPlan
+from llmserve.workers.processes import free_port, signal_group, spawn_group_leader, stop_group
 
 if TYPE_CHECKING:
     from llmserve.spec import InferenceService
@@ -177,13 +175,6 @@ def actor_resources(resources: Mapping[str, float], default_num_cpus: float = 0.
 
 
 # -- the actor ----------------------------------------------------------------------------------------------------
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
-    ctypes.CDLL(ctypes.util.find_library("c") or None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 @dataclass(frozen=True)
 class Started:
     """What a ReplicaHost reports once the process runs."""
@@ -223,19 +214,7 @@ class ReplicaHost:
         if "OMP_NUM_THREADS" not in plan.env and not context.get_assigned_resources().get("CPU"):
             # Ray forces OMP_NUM_THREADS=1 into actors that hold no CPU; the worker was given no CPU limit.
             env.pop("OMP_NUM_THREADS", None)
-        log_fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            self._process = await asyncio.create_subprocess_exec(
-                *plan.command(node_ip, port, grpc_port),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_fd,
-                stderr=asyncio.subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        finally:
-            os.close(log_fd)
+        self._process = await spawn_group_leader(plan.command(node_ip, port, grpc_port), env, Path(self._log_path))
         return Started(
             url=f"http://{node_ip}:{port}",
             grpc_address=f"{node_ip}:{grpc_port}" if grpc_port is not None else None,
@@ -255,25 +234,15 @@ class ReplicaHost:
         process = self._process
         if process is not None and process.returncode is None and not self._terminated:
             self._terminated = True
-            _signal_group(process.pid, signal.SIGTERM)
+            signal_group(process.pid, signal.SIGTERM)
 
     async def stop(self, grace_s: float) -> int | None:
         """SIGTERM to the process group, SIGKILL after `grace_s`; returns once no process of the group is left."""
         process = self._process
         if process is None:
             return None
-        pgid = process.pid  # it leads its own process group (start_new_session)
-        if process.returncode is None:
-            await self.terminate()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(process.wait(), grace_s)
-        _signal_group(pgid, signal.SIGKILL)
-        code = await process.wait()
-        for _ in range(100):
-            if not group_members(pgid):
-                break
-            await asyncio.sleep(0.05)
-        return code
+        await self.terminate()  # SIGTERM once: a second one makes vLLM's server skip its graceful shutdown
+        return await stop_group(process, grace_s, terminate=False)
 
     async def log_tail(self, max_bytes: int = 8192) -> str:
         """The end of the process's log (stdout and stderr), for diagnosing a replica on another machine."""
@@ -293,11 +262,6 @@ def _usable_dir(wanted: Path) -> Path:
             candidate.mkdir(parents=True, exist_ok=True)
             return candidate
     raise OSError(f"no writable log directory ({wanted})")
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
 
 
 # -- the controller's side ----------------------------------------------------------------------------------------
@@ -502,6 +466,12 @@ class RayBackend:
     def _avoid_node(self, node_id: str | None) -> None:
         if node_id is not None:
             self._avoid[node_id] = time.monotonic() + self.avoid_lost_node_s
+
+    async def start(self) -> None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name}
 
     async def launch(self, replica_id: str, plan: WorkerPlan) -> RayReplica:
         ray = _ray()

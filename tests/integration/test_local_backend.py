@@ -12,12 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller.backends.local import LocalBackend, group_members
+from controller.backends.local import LocalBackend
 from controller.reconciler import Controller
 from controller.settings import ControllerSettings
 from llmserve.endpoints import EndpointRegistry
 from llmserve.spec import InferenceService, parse_services
 from llmserve.workers import WorkerPlan
+from llmserve.workers.processes import group_members
 from tests.support.waiting import until
 
 SPEC = """

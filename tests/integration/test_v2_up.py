@@ -19,8 +19,8 @@ import grpc
 import httpx
 import pytest
 
-from controller.backends.local import group_members
 from llmserve.protocol.v2_grpc import open_inference_grpc_pb2 as pb
+from llmserve.workers.processes import group_members
 from tests.conftest import REPO
 from tests.support import v2_models
 from tests.support.v2_models import TrainedModel

@@ -1,0 +1,90 @@
+"""Worker processes on one machine: each leads its own process group and dies with its parent, and stopping one
+takes its whole group down (vLLM's API server starts an engine-core and a worker process under it).
+
+Shared by every launcher (the local backend, the Ray actor that hosts a replica, the warm pool). Stdlib only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import signal
+import socket
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
+    """Ask the kernel to send `sig` to this process when its parent (thread) exits (PR_SET_PDEATHSIG)."""
+    _libc.prctl(_PR_SET_PDEATHSIG, sig)
+
+
+def free_port(host: str) -> int:
+    """A port that was free on `host` a moment ago."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes in process group `pgid` (from /proc)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            members.append(int(entry))
+    return members
+
+
+def signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+async def spawn_group_leader(argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> asyncio.subprocess.Process:
+    """Start `argv` as the leader of a new process group that dies with us; stdout and stderr go to `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=asyncio.subprocess.STDOUT,
+            env=dict(env),
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+    finally:
+        os.close(log_fd)
+
+
+async def stop_group(process: asyncio.subprocess.Process, grace_s: float, *, terminate: bool = True) -> int:
+    """SIGTERM the group `process` leads (unless the caller already did: `terminate=False`), SIGKILL what is left
+    after `grace_s`, and return once the kernel has taken every member down (children that outlived the leader
+    included): a stopped process leaves none behind."""
+    pgid = process.pid
+    if process.returncode is None:
+        if terminate:
+            signal_group(pgid, signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), grace_s)
+    signal_group(pgid, signal.SIGKILL)
+    code = await process.wait()
+    for _ in range(100):
+        if not group_members(pgid):
+            break
+        await asyncio.sleep(0.05)
+    return code
