@@ -29,7 +29,7 @@ def admin_extension(controller: Controller, autoscaler: Autoscaler | None = None
                     else None
                 )
                 out.append(service)
-            return {"services": out}
+            return {"services": out, "backend": controller.backend.describe()}
 
         app.include_router(router)
         app.state.metrics.registry.register(ControllerCollector(controller))

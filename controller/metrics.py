@@ -37,3 +37,13 @@ class ControllerCollector:
             ]
             cold.add_metric([name], buckets, sum(durations))
         yield from (desired, ready, restarts, cold)
+        pool = self.controller.backend.describe().get("warm_pool")
+        if pool is not None:
+            processes = GaugeMetricFamily(
+                "llmserve_warm_pool_processes", "Warm-pool processes by state (idle: ready to bind).", labels=["state"]
+            )
+            states = [p["state"] for p in pool["processes"]]
+            for pool_state in ("starting", "idle", "binding", "serving"):
+                processes.add_metric([pool_state], states.count(pool_state))
+            yield processes
+            yield GaugeMetricFamily("llmserve_warm_pool_size", "Warm-pool processes kept ready.", value=pool["size"])

@@ -205,6 +205,7 @@ class Controller:
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     async def start(self) -> None:
+        await self.backend.start()
         self._loop_task = asyncio.get_running_loop().create_task(self._reconcile_forever(), name="reconciler")
 
     async def stop(self) -> None:

@@ -13,7 +13,7 @@ class ControllerSettings(BaseModel):
     replica_host: str = Field(default="127.0.0.1", description="Address replicas listen on (loopback by default).")
     log_dir: Path = Field(default=Path(".llmserve/logs"), description="One log file per replica process.")
     python: str | None = Field(default=None, description="Interpreter for worker processes; default: this one.")
-    startup_poll_s: float = Field(default=0.5, gt=0, description="How often a starting replica's health is polled.")
+    startup_poll_s: float = Field(default=0.25, gt=0, description="How often a starting replica's health is polled.")
     health_interval_s: float = Field(default=5.0, gt=0, description="Health-check period of a ready replica.")
     health_timeout_s: float = Field(default=5.0, gt=0, description="Timeout of one health check.")
     health_failures_to_restart: int = Field(
@@ -27,5 +27,11 @@ class ControllerSettings(BaseModel):
     )
     drain_s: float = Field(
         default=30.0, ge=0, description="When scaling down: how long a withdrawn replica may finish its requests."
+    )
+    warm_pool_size: int = Field(
+        default=0,
+        ge=0,
+        description="Local backend: pre-started processes that have imported vLLM, so a vLLM replica serves a few "
+        "seconds after it is asked for (about 750 MiB each while idle). 0: every replica starts the plain way.",
     )
     pull_retry_s: float = Field(default=30.0, gt=0, description="Delay before retrying a failed model pull.")

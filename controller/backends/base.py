@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from llmserve.workers import WorkerPlan
 
@@ -35,6 +35,14 @@ class ReplicaProcess(Protocol):
 class Backend(Protocol):
     name: str
 
+    async def start(self) -> None:
+        """Before the first launch (e.g. fill a warm pool)."""
+        ...
+
     async def launch(self, replica_id: str, plan: WorkerPlan) -> ReplicaProcess: ...
 
     async def close(self) -> None: ...
+
+    def describe(self) -> dict[str, Any]:
+        """What status reports show about the backend."""
+        ...

@@ -1,34 +1,23 @@
 """Replicas as child processes on this machine, each in its own process group on a free loopback port.
 
 No orphans: a replica dies with its parent (PR_SET_PDEATHSIG), and stopping one signals its whole process group
-(vLLM's API server starts an engine-core and a worker process under it).
+(vLLM's API server starts an engine-core and a worker process under it). With a warm pool, a vLLM replica is a
+pooled process that has imported vLLM already and binds to the model in seconds (`llmserve.workers.warm`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
-import ctypes.util
+import logging
 import os
-import signal
-import socket
 from pathlib import Path
+from typing import Any
 
 from llmserve.workers import WorkerPlan
+from llmserve.workers.processes import free_port, spawn_group_leader, stop_group
+from llmserve.workers.warm import PooledProcess, WarmPool, WarmPoolError
 
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+log = logging.getLogger("llmserve.controller")
 
 
 class LocalProcess:
@@ -59,70 +48,58 @@ class LocalProcess:
         return await self._process.wait()
 
     async def stop(self, grace_s: float) -> None:
-        pgid = self._process.pid  # the replica leads its own process group (start_new_session)
-        if self.running():
-            _signal_group(pgid, signal.SIGTERM)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._process.wait(), grace_s)
-        # Whatever is left of the group (the leader, or children that outlived it) is killed, and we wait until
-        # the kernel has taken them all down: a stopped replica leaves no process behind.
-        _signal_group(pgid, signal.SIGKILL)
-        await self._process.wait()
-        for _ in range(100):
-            if not group_members(pgid):
-                return
-            await asyncio.sleep(0.05)
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes in process group `pgid` (from /proc)."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != b"Z":
-            members.append(int(entry))
-    return members
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
+        await stop_group(self._process, grace_s)
 
 
 class LocalBackend:
+    """`warm_pool`: started with the backend and closed with it; a vLLM plan takes an idle pooled process when
+    there is one, or waits up to `pool_wait_s` for one that is importing (a plain start otherwise, and for every
+    other plan)."""
+
     name = "local"
 
-    def __init__(self, host: str = "127.0.0.1", log_dir: Path = Path(".llmserve/logs")) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        log_dir: Path = Path(".llmserve/logs"),
+        warm_pool: WarmPool | None = None,
+        pool_wait_s: float = 20.0,
+    ) -> None:
         self.host = host
         self.log_dir = log_dir
+        self.warm_pool = warm_pool
+        self.pool_wait_s = pool_wait_s
 
-    async def launch(self, replica_id: str, plan: WorkerPlan) -> LocalProcess:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+    async def start(self) -> None:
+        if self.warm_pool is not None:
+            await self.warm_pool.start()
+
+    async def launch(self, replica_id: str, plan: WorkerPlan) -> LocalProcess | PooledProcess:
+        if self.warm_pool is not None:
+            try:
+                pooled = await self.warm_pool.launch(plan, host=self.host, wait_s=self.pool_wait_s)
+            except WarmPoolError as exc:
+                log.warning("replica %s: warm pool bind failed (%s); starting it the plain way", replica_id, exc)
+                pooled = None
+            if pooled is not None:
+                log.info("replica %s: bound pooled process %s (pid %s)", replica_id, pooled.worker_id, pooled.pid)
+                return pooled
         port = free_port(self.host)
         grpc_port = free_port(self.host) if plan.needs_grpc_port else None
         log_path = self.log_dir / f"{replica_id}.log"
-        env = {**os.environ, **plan.env}
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *plan.command(self.host, port, grpc_port),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_fd,
-                stderr=asyncio.subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        finally:
-            os.close(log_fd)
+        process = await spawn_group_leader(
+            plan.command(self.host, port, grpc_port), {**os.environ, **plan.env}, log_path
+        )
         grpc_address = f"{self.host}:{grpc_port}" if grpc_port is not None else None
         return LocalProcess(process, f"http://{self.host}:{port}", log_path, grpc_address)
 
+    def describe(self) -> dict[str, Any]:
+        pool = self.warm_pool
+        if pool is None:
+            return {"name": self.name, "warm_pool": None}
+        processes = [p.describe() for p in pool.processes()]
+        return {"name": self.name, "warm_pool": {"size": pool.size, "processes": processes}}
+
     async def close(self) -> None:
-        return None
+        if self.warm_pool is not None:
+            await self.warm_pool.close()

@@ -168,8 +168,10 @@ def test_status_command(llmserve: Up) -> None:
         check=True,
         env=dict(os.environ),
     ).stdout
-    assert "smollm2  model=smollm2  ready=1/1" in out
-    assert "ready" in out.splitlines()[1]
+    lines = out.splitlines()
+    assert lines[0].startswith("warm pool: size 1 (")  # the e2e session runs `llmserve up --warm-pool 1`
+    service = lines.index(next(line for line in lines if line.startswith("smollm2  model=smollm2  ready=1/1")))
+    assert "ready" in lines[service + 1]  # its replica
     assert "smollm2-scale  model=smollm2-scale" in out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from typing import Any
 
 from llmserve.workers import WorkerPlan
 
@@ -54,6 +55,12 @@ class FakeBackend:
         self.launched: list[FakeProcess] = []
         self.start_healthy = True
         self.fail_launch = False
+
+    async def start(self) -> None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name}
 
     async def launch(self, replica_id: str, plan: WorkerPlan) -> FakeProcess:
         if self.fail_launch:

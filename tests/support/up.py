@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from controller.backends.local import group_members
+from llmserve.workers.processes import group_members
 from tests.conftest import REPO
 from tests.support.v2_runtime import free_port
 
@@ -40,6 +40,16 @@ class Up:
         response = httpx.get(f"{self.url}/admin/v1/services", headers=self.headers, timeout=10)
         response.raise_for_status()
         return list(response.json()["services"])
+
+    def backend(self) -> dict[str, Any]:
+        response = httpx.get(f"{self.url}/admin/v1/services", headers=self.headers, timeout=10)
+        response.raise_for_status()
+        return dict(response.json()["backend"])
+
+    def pool_states(self) -> list[str]:
+        """States of the warm pool's processes (idle, starting, serving...); [] without a pool."""
+        pool = self.backend().get("warm_pool") or {"processes": []}
+        return [p["state"] for p in pool["processes"]]
 
     def service(self, name: str) -> dict[str, Any]:
         return next(s for s in self.services() if s["name"] == name)
