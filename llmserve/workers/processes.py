@@ -34,6 +34,17 @@ def free_port(host: str) -> int:
 
 def group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes in process group `pgid` (from /proc)."""
+    return _live_where(2, pgid)
+
+
+def session_members(sid: int) -> list[int]:
+    """Live (not zombie) processes whose session id is `sid` (from /proc)."""
+    return _live_where(3, sid)
+
+
+def _live_where(field: int, value: int) -> list[int]:
+    """Processes whose /proc/PID/stat field `field` (counted after the command name; 2: pgrp, 3: session) is
+    `value`, zombies left out."""
     members = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -43,7 +54,7 @@ def group_members(pgid: int) -> list[int]:
                 fields = stat.read().rsplit(b")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid and fields[0] != b"Z":
+        if int(fields[field]) == value and fields[0] != b"Z":
             members.append(int(entry))
     return members
 

@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,30 +22,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmserve.workers.processes import free_port, session_members
+
 RAY = str(Path(sys.executable).with_name("ray"))
 START_TIMEOUT_S = 120.0
-
-
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def session_members(sid: int) -> list[int]:
-    """Live (not zombie) processes whose session id is `sid` (from /proc)."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != b"Z":
-            members.append(int(entry))
-    return members
 
 
 def cmdline(pid: int) -> str:
