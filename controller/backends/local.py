@@ -8,11 +8,14 @@ pooled process that has imported vLLM already and binds to the model in seconds 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
+from controller.backends.cpus import CpuAllocator, cpu_list
 from llmserve.workers import WorkerPlan
 from llmserve.workers.processes import free_port, spawn_group_leader, stop_group
 from llmserve.workers.warm import PooledProcess, WarmPool, WarmPoolError
@@ -54,7 +57,8 @@ class LocalProcess:
 class LocalBackend:
     """`warm_pool`: started with the backend and closed with it; a vLLM plan takes an idle pooled process when
     there is one, or waits up to `pool_wait_s` for one that is importing (a plain start otherwise, and for every
-    other plan)."""
+    other plan). `cpus`: the CPUs replicas' compute threads are spread over (plans with a `cpu_bind_env`; default:
+    this process's affinity), so that concurrent replicas do not pin themselves to the same ones."""
 
     name = "local"
 
@@ -64,17 +68,44 @@ class LocalBackend:
         log_dir: Path = Path(".llmserve/logs"),
         warm_pool: WarmPool | None = None,
         pool_wait_s: float = 20.0,
+        cpus: set[int] | None = None,
     ) -> None:
         self.host = host
         self.log_dir = log_dir
         self.warm_pool = warm_pool
         self.pool_wait_s = pool_wait_s
+        self.cpus = CpuAllocator(cpus if cpus is not None else os.sched_getaffinity(0))
+        self._releases: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         if self.warm_pool is not None:
             await self.warm_pool.start()
 
     async def launch(self, replica_id: str, plan: WorkerPlan) -> LocalProcess | PooledProcess:
+        plan = self._pin_compute_threads(replica_id, plan)
+        try:
+            process = await self._launch(replica_id, plan)
+        except BaseException:
+            self.cpus.release(replica_id)
+            raise
+        if plan.cpu_bind_env is not None:
+            release = asyncio.get_running_loop().create_task(self._release_cpus(replica_id, process))
+            self._releases.add(release)
+            release.add_done_callback(self._releases.discard)
+        return process
+
+    def _pin_compute_threads(self, replica_id: str, plan: WorkerPlan) -> WorkerPlan:
+        if plan.cpu_bind_env is None:
+            return plan
+        cpus = cpu_list(self.cpus.claim(replica_id, plan.resources.get("CPU")))
+        log.info("replica %s: compute threads on CPUs %s", replica_id, cpus)
+        return dataclasses.replace(plan, env={**plan.env, plan.cpu_bind_env: cpus})
+
+    async def _release_cpus(self, replica_id: str, process: LocalProcess | PooledProcess) -> None:
+        await process.wait()
+        self.cpus.release(replica_id)
+
+    async def _launch(self, replica_id: str, plan: WorkerPlan) -> LocalProcess | PooledProcess:
         if self.warm_pool is not None:
             try:
                 pooled = await self.warm_pool.launch(plan, host=self.host, wait_s=self.pool_wait_s)
@@ -95,11 +126,16 @@ class LocalBackend:
 
     def describe(self) -> dict[str, Any]:
         pool = self.warm_pool
+        claims = {replica: cpu_list(cpus) for replica, cpus in self.cpus.claims().items()}
         if pool is None:
-            return {"name": self.name, "warm_pool": None}
+            return {"name": self.name, "warm_pool": None, "cpus": claims}
         processes = [p.describe() for p in pool.processes()]
-        return {"name": self.name, "warm_pool": {"size": pool.size, "processes": processes}}
+        return {"name": self.name, "warm_pool": {"size": pool.size, "processes": processes}, "cpus": claims}
 
     async def close(self) -> None:
         if self.warm_pool is not None:
             await self.warm_pool.close()
+        for release in list(self._releases):
+            release.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await release

@@ -20,6 +20,9 @@ class WorkerPlan:
     # What one replica needs, in Ray's resource names: "CPU", "GPU" (counts), "memory" (bytes), or custom names.
     # Backends that schedule replicas onto machines (Ray) reserve them; the local backend ignores them.
     resources: Mapping[str, float] = field(default_factory=dict)
+    # The environment variable through which a backend may pin the worker's compute threads to a CPU list
+    # ("0,2-3"): vLLM-CPU's VLLM_CPU_OMP_THREADS_BIND. None: the worker places its threads itself.
+    cpu_bind_env: str | None = None
 
     @property
     def needs_grpc_port(self) -> bool:

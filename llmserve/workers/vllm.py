@@ -16,6 +16,10 @@ from llmserve.workers.plan import WorkerPlan
 _CPU_DEFAULTS: tuple[tuple[str, str | None], ...] = (("--dtype", "float32"), ("--enforce-eager", None))
 _COMMON_DEFAULTS: tuple[tuple[str, str | None], ...] = (("--enable-prefix-caching", None),)
 _CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+CPU_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
+_MULTI_RANK_FLAGS = (
+    "--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp", "--data-parallel-size", "-dp",
+)  # fmt: skip
 _QUIET_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -54,7 +58,11 @@ def vllm_plan(
     if cpu:
         env.update(_CPU_ENV)
     env.update({var.name: var.value for var in model.env})
-    return WorkerPlan(argv=tuple(argv), env=env, protocol="openai")
+    # One replica's model runner on CPU pins its threads to the CPUs it is given; a backend that runs several
+    # replicas on one machine hands each its own (see controller/backends/cpus.py). Not with several ranks (a
+    # list per rank) or when the user chose the CPUs.
+    bindable = cpu and CPU_BIND_ENV not in env and not any(_has_flag(user_args, flag) for flag in _MULTI_RANK_FLAGS)
+    return WorkerPlan(argv=tuple(argv), env=env, protocol="openai", cpu_bind_env=CPU_BIND_ENV if bindable else None)
 
 
 def _has_flag(args: list[str], flag: str) -> bool:

@@ -125,3 +125,33 @@ async def test_a_worker_ignoring_sigterm_is_killed_after_the_grace_period(tmp_pa
     await controller.stop()
     assert not alive(pid)
     assert time.monotonic() - started >= SETTINGS.stop_grace_s * 0.9  # it was asked first, then killed
+
+
+async def test_concurrent_replicas_get_their_own_cpus(tmp_path: Path) -> None:
+    backend = LocalBackend(log_dir=tmp_path / "logs", cpus={0, 1})
+    argv = (sys.executable, "-m", "tests.support.fake_worker_main", "--host", "{host}", "--port", "{port}")
+    plan = WorkerPlan(argv=argv, env={"PYTHONPATH": str(Path(__file__).parents[2])}, cpu_bind_env="WORKER_CPUS")
+
+    def environment(pid: int | None) -> dict[str, str]:
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            pairs = [item.split(b"=", 1) for item in environ.read().split(b"\0") if b"=" in item]
+        return {key.decode(): value.decode() for key, value in pairs}
+
+    first = await backend.launch("a", plan)
+    second = await backend.launch("b", plan)
+    try:
+        assert environment(first.pid)["WORKER_CPUS"] == "0"
+        assert environment(second.pid)["WORKER_CPUS"] == "1"
+        assert backend.describe()["cpus"] == {"a": "0", "b": "1"}
+        await first.stop(2.0)
+        await until(lambda: backend.describe()["cpus"] == {"b": "1"})  # released when the process exits
+        third = await backend.launch("c", plan)
+        assert environment(third.pid)["WORKER_CPUS"] == "0"
+        await third.stop(2.0)
+        plain = await backend.launch("d", WorkerPlan(argv=argv, env=plan.env))  # no cpu_bind_env: left alone
+        assert "WORKER_CPUS" not in environment(plain.pid)
+        await plain.stop(2.0)
+    finally:
+        await second.stop(2.0)
+        await backend.close()
+    assert backend.describe()["cpus"] == {}
