@@ -1,9 +1,9 @@
 """Routing policies side by side on 8 simulated vLLM workers: round-robin, least-request, production-stack's
 prefix policy (128-character chunks, random among the longest matches) and llmserve's token-aware profile.
 
-For every workload (rag, chat, random) and policy: fresh simulated workers (empty caches), a gateway with that
-policy, the same seeded trace replayed; TTFT measured at the client (first content token), output tokens/s over
-the run, prefix-cache hit rate from the workers' own vllm:prefix_cache_* counters.
+For every workload (rag, chat, chat-shared, random) and policy: fresh simulated workers (empty caches), a gateway
+with that policy, the same seeded trace replayed; TTFT measured at the client (first content token), output
+tokens/s over the run, prefix-cache hit rate from the workers' own vllm:prefix_cache_* counters.
 
     python benchmarks/routing/run.py --duration 60 --seed 7
 
@@ -198,6 +198,16 @@ def workloads(args: argparse.Namespace) -> list[Workload]:
                     system_words=args.chat_system_words,
                 )
             )
+        elif name == "chat-shared":
+            chosen.append(
+                chat(
+                    args.seed,
+                    duration_s=args.duration,
+                    sessions=args.chat_sessions,
+                    system_words=args.chat_system_words,
+                    system_prompts=args.chat_system_prompts,
+                )
+            )
         elif name == "random":
             chosen.append(random_prompts(args.seed, duration_s=args.duration, rate=args.random_rate))
         else:
@@ -220,14 +230,18 @@ def main() -> None:
         "--chat-kv-blocks", type=int, default=None, help="KV blocks per worker for chat (default: --kv-blocks)"
     )
     parser.add_argument("--chat-system-words", type=int, default=300, help="each session's own system prompt")
-    parser.add_argument("--workloads", default="rag,chat,random")
+    parser.add_argument(
+        "--chat-system-prompts", type=int, default=4, help="chat-shared: system prompts the sessions share"
+    )
+    parser.add_argument("--workloads", default="rag,chat,chat-shared,random")
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "routing.md")
     args = parser.parse_args()
     rows: list[tuple[str, str, Result]] = []
     for workload in workloads(args):
         for policy in args.policies.split(","):
-            kv_blocks = args.chat_kv_blocks if workload.name == "chat" and args.chat_kv_blocks else args.kv_blocks
+            is_chat = workload.name.startswith("chat")
+            kv_blocks = args.chat_kv_blocks if is_chat and args.chat_kv_blocks else args.kv_blocks
             with Cluster(args, policy, kv_blocks) as cluster:
                 before = cluster.prefix_counters()
                 result = asyncio.run(replay(cluster.gateway, workload, args.speed))
@@ -259,7 +273,8 @@ def report(args: argparse.Namespace, rows: list[tuple[str, str, Result]]) -> Non
         f"- command: `python benchmarks/routing/run.py --duration {args.duration:g} --seed {args.seed} "
         f"--workers {args.workers} --kv-blocks {args.kv_blocks} --speed {args.speed:g} --rag-rate {args.rag_rate:g} "
         f"--rag-docs {args.rag_docs} --random-rate {args.random_rate:g} --chat-sessions {args.chat_sessions} "
-        f"--chat-system-words {args.chat_system_words}"
+        f"--chat-system-words {args.chat_system_words} --chat-system-prompts {args.chat_system_prompts} "
+        f"--workloads {args.workloads} --policies {args.policies}"
         + (f" --chat-kv-blocks {args.chat_kv_blocks}" if args.chat_kv_blocks else "")
         + "`",
         f"- workers: llmserve.workers.sim, profile h100-llama-8b, {args.kv_blocks} KV blocks of 16 tokens each "

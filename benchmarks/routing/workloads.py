@@ -84,15 +84,19 @@ def chat(
     turns: int = 8,
     think_s: float = 2.0,
     system_words: int = 300,
+    system_prompts: int | None = None,
 ) -> Workload:
+    """`system_prompts`: None, each session has its own system prompt; K, the sessions share K of them (a chat
+    product: many users, a few assistants), so a first turn can hit a system prompt another session cached."""
     rng = random.Random(seed)
-    workload = Workload("chat", duration_s)
+    workload = Workload("chat" if system_prompts is None else "chat-shared", duration_s)
+    shared = [f"You are assistant {k}. " + text(rng, system_words) for k in range(system_prompts or 0)]
     for s in range(sessions):
         workload.sessions.append(
             Session(
                 name=f"session-{s}",
                 start=rng.uniform(0, duration_s * 0.5),
-                system=f"You are assistant {s}. " + text(rng, system_words),
+                system=shared[s % len(shared)] if shared else f"You are assistant {s}. " + text(rng, system_words),
                 questions=[text(rng, 80) for _ in range(turns)],
                 think_s=think_s,
                 max_tokens=96,
