@@ -7,8 +7,8 @@ For each mode (`--warm-pool 1` and no pool), one `llmserve up` with the embedded
    pool has an idle process; send one streamed chat request (32 tokens) and time it to its first token. The
    activator holds it, the autoscaler scales 0 -> 1, the replica starts (or a pooled process binds), the request
    is forwarded. The decode rate of that request (tokens/s after the first) is recorded too.
-2. `--scaleups` scale-ups 1 -> 2 under load: with one ready replica (and an idle pooled process), start 6 looping
-   streamed clients (the service's target is 2 in flight per replica, so the autoscaler panics and asks for 2);
+2. `--scaleups` scale-ups 1 -> 2 under load: one looping streamed client keeps one replica up; once a pooled
+   process is idle, 5 more start (6 in flight, the service's target is 2 per replica: the autoscaler asks for 2);
    time from the start of the load, and from the moment the controller wants 2 replicas, to the second replica
    ready (admin API polled every 100 ms).
 
@@ -145,16 +145,17 @@ async def scale_ups(llmserve: Llmserve, pool: bool, runs: int, settle_s: float, 
     async with httpx.AsyncClient(base_url=llmserve.url) as client:
         for i in range(runs):
             await at_zero(llmserve, pool)
-            await stream(client, 8)  # 0 -> 1
-            if pool:
-                await llmserve.until(lambda s: "idle" in s["pool"], 600, "the pool replenished", every_s=0.5)
-            await llmserve.until(lambda s: s["ready"] == 1, 60, "one ready replica")
-            await asyncio.sleep(settle_s)
             stop = asyncio.Event()
-
-            load_started = time.monotonic()
-            loops = [asyncio.create_task(client_loop(client, stop)) for _ in range(6)]
+            # One looping client: 0 -> 1, and it keeps the service at one replica (target 2 in flight) while the
+            # pool replenishes; five more make 6 in flight, 3x the target: the autoscaler panics and wants 2.
+            loops = [asyncio.create_task(client_loop(client, stop))]
             try:
+                await llmserve.until(lambda s: s["ready"] == 1, 600, "one ready replica")
+                if pool:
+                    await llmserve.until(lambda s: "idle" in s["pool"], 600, "the pool replenished", every_s=0.5)
+                await asyncio.sleep(settle_s)
+                load_started = time.monotonic()
+                loops += [asyncio.create_task(client_loop(client, stop)) for _ in range(5)]
                 decided = await llmserve.until(lambda s: s["desired"] >= 2, 120, "the controller wants 2")
                 ready = await llmserve.until(lambda s: s["ready"] >= 2, 600, "two ready replicas")
             finally:

@@ -37,6 +37,14 @@ class CpuAllocator:
         self._claims[owner] = tuple(chosen)
         return self._claims[owner]
 
+    def placement(self, owner: str | None = None) -> tuple[int, ...]:
+        """The CPUs `owner`'s processes may run on: those no *other* owner's compute threads are pinned to, or all
+        of them when there are none. A process started next to a pinned, busy model runner stays off its CPU:
+        on this machine's kernel even `import torch` (MKL probes the cores by pinning itself to each in turn)
+        waited minutes for a CPU that a busy runner held."""
+        taken = {cpu for other, cpus in self._claims.items() if other != owner for cpu in cpus}
+        return tuple(cpu for cpu in self.cpus if cpu not in taken) or tuple(self.cpus)
+
     def release(self, owner: str) -> None:
         self._claims.pop(owner, None)
 

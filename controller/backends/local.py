@@ -75,6 +75,8 @@ class LocalBackend:
         self.warm_pool = warm_pool
         self.pool_wait_s = pool_wait_s
         self.cpus = CpuAllocator(cpus if cpus is not None else os.sched_getaffinity(0))
+        if warm_pool is not None and warm_pool.cpus is None:
+            warm_pool.cpus = self.cpus.placement  # pooled processes import away from busy model runners
         self._releases: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -108,7 +110,9 @@ class LocalBackend:
     async def _launch(self, replica_id: str, plan: WorkerPlan) -> LocalProcess | PooledProcess:
         if self.warm_pool is not None:
             try:
-                pooled = await self.warm_pool.launch(plan, host=self.host, wait_s=self.pool_wait_s)
+                pooled = await self.warm_pool.launch(
+                    plan, host=self.host, wait_s=self.pool_wait_s, cpus=self.cpus.placement(replica_id)
+                )
             except WarmPoolError as exc:
                 log.warning("replica %s: warm pool bind failed (%s); starting it the plain way", replica_id, exc)
                 pooled = None
@@ -119,7 +123,10 @@ class LocalBackend:
         grpc_port = free_port(self.host) if plan.needs_grpc_port else None
         log_path = self.log_dir / f"{replica_id}.log"
         process = await spawn_group_leader(
-            plan.command(self.host, port, grpc_port), {**os.environ, **plan.env}, log_path
+            plan.command(self.host, port, grpc_port),
+            {**os.environ, **plan.env},
+            log_path,
+            self.cpus.placement(replica_id),
         )
         grpc_address = f"{self.host}:{grpc_port}" if grpc_port is not None else None
         return LocalProcess(process, f"http://{self.host}:{port}", log_path, grpc_address)

@@ -13,7 +13,7 @@ import ctypes.util
 import os
 import signal
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
@@ -64,9 +64,18 @@ def signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-async def spawn_group_leader(argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> asyncio.subprocess.Process:
-    """Start `argv` as the leader of a new process group that dies with us; stdout and stderr go to `log_path`."""
+async def spawn_group_leader(
+    argv: Sequence[str], env: Mapping[str, str], log_path: Path, cpus: Collection[int] | None = None
+) -> asyncio.subprocess.Process:
+    """Start `argv` as the leader of a new process group that dies with us; stdout and stderr go to `log_path`;
+    `cpus`: the CPUs it (and what it starts) may run on (default: ours)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def prepare_child() -> None:  # pragma: no cover - runs in the forked child, before exec
+        die_with_parent()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         return await asyncio.create_subprocess_exec(
@@ -76,7 +85,7 @@ async def spawn_group_leader(argv: Sequence[str], env: Mapping[str, str], log_pa
             stderr=asyncio.subprocess.STDOUT,
             env=dict(env),
             start_new_session=True,
-            preexec_fn=die_with_parent,
+            preexec_fn=prepare_child,
         )
     finally:
         os.close(log_fd)

@@ -127,6 +127,7 @@ async def test_a_worker_ignoring_sigterm_is_killed_after_the_grace_period(tmp_pa
     assert time.monotonic() - started >= SETTINGS.stop_grace_s * 0.9  # it was asked first, then killed
 
 
+@pytest.mark.skipif(not {0, 1} <= os.sched_getaffinity(0), reason="needs CPUs 0 and 1")
 async def test_concurrent_replicas_get_their_own_cpus(tmp_path: Path) -> None:
     backend = LocalBackend(log_dir=tmp_path / "logs", cpus={0, 1})
     argv = (sys.executable, "-m", "tests.support.fake_worker_main", "--host", "{host}", "--port", "{port}")
@@ -142,6 +143,8 @@ async def test_concurrent_replicas_get_their_own_cpus(tmp_path: Path) -> None:
     try:
         assert environment(first.pid)["WORKER_CPUS"] == "0"
         assert environment(second.pid)["WORKER_CPUS"] == "1"
+        assert os.sched_getaffinity(first.pid or 0) == {0, 1}
+        assert os.sched_getaffinity(second.pid or 0) == {1}  # off CPU 0, where the first one's runner computes
         assert backend.describe()["cpus"] == {"a": "0", "b": "1"}
         await first.stop(2.0)
         await until(lambda: backend.describe()["cpus"] == {"b": "1"})  # released when the process exits

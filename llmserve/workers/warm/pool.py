@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import os
@@ -30,7 +31,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,7 @@ class BindRequest:
 
     args: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
+    cpus: tuple[int, ...] | None = None  # the CPUs the bound process and its engine run on (None: as it is)
 
     @classmethod
     def from_plan(cls, plan: WorkerPlan) -> BindRequest:
@@ -245,6 +247,7 @@ class WarmPool:
     `replenish_delay_s`, `replenish_after_s`: the replacement for an acquired process starts `replenish_delay_s`
     after that process serves (at once if it fails), or `replenish_after_s` after it was acquired, whichever comes
     first — so that the replacement's imports do not compete with the bound process's first requests.
+    `cpus`: called at each start, the CPUs a new process imports on (None: all of ours); a bind can move it.
     """
 
     def __init__(
@@ -259,6 +262,7 @@ class WarmPool:
         max_backoff_s: float = 60.0,
         replenish_after_s: float = 60.0,
         replenish_delay_s: float = 5.0,
+        cpus: Callable[[], Collection[int] | None] | None = None,
     ) -> None:
         if size < 0:
             raise ValueError("pool size must be >= 0")
@@ -271,6 +275,7 @@ class WarmPool:
         self.max_backoff_s = max_backoff_s
         self.replenish_after_s = replenish_after_s
         self.replenish_delay_s = replenish_delay_s
+        self.cpus = cpus
         self._pooled: list[PooledProcess] = []  # starting or idle: the pool's own
         self._handed_out: list[PooledProcess] = []  # acquired: the caller's, still stopped by close()
         self._by_id: dict[str, PooledProcess] = {}
@@ -370,7 +375,10 @@ class WarmPool:
         process._url = f"http://{host_part}:{port}"
         process.bind_sent_at = time.monotonic()
         try:
-            process._send({"type": "bind", "args": request.command(host, port), "env": dict(request.env)})
+            bind: dict[str, Any] = {"type": "bind", "args": request.command(host, port), "env": dict(request.env)}
+            if request.cpus:
+                bind["cpus"] = list(request.cpus)
+            process._send(bind)
             await process._wait_for(lambda: process.state is not WorkerState.ACQUIRED, timeout_s)
         except (WarmPoolError, TimeoutError) as exc:
             await process.stop(0)
@@ -381,7 +389,13 @@ class WarmPool:
         return process
 
     async def launch(
-        self, plan: WorkerPlan, *, host: str = "127.0.0.1", port: int | None = None, wait_s: float = 0.0
+        self,
+        plan: WorkerPlan,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        wait_s: float = 0.0,
+        cpus: Collection[int] | None = None,
     ) -> PooledProcess | None:
         """acquire + bind for a `vllm_plan`: a process creating the engine, or None (no idle process, or a plan a
         pooled process cannot serve) — then start the plan the plain way. When nothing is idle but a process is
@@ -390,6 +404,8 @@ class WarmPool:
             request = BindRequest.from_plan(plan)
         except NotWarmable:
             return None
+        if cpus:
+            request = dataclasses.replace(request, cpus=tuple(sorted(cpus)))
         importing = any(p.state is WorkerState.STARTING and p.running() for p in self._pooled)
         process = await self.acquire(wait_s if importing else 0.0)
         if process is None:
@@ -431,7 +447,7 @@ class WarmPool:
         log_path = self.log_dir / f"warm-{worker_id}.log"
         env = {**os.environ, **self.env}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
-        child = await spawn_group_leader(self.command(worker_id), env, log_path)
+        child = await spawn_group_leader(self.command(worker_id), env, log_path, self.cpus() if self.cpus else None)
         process = PooledProcess(worker_id, child, log_path)
         process._on_change = self._notify_idle_changed
         self._pooled.append(process)

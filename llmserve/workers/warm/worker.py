@@ -178,6 +178,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         channel.send({"type": "failed", "error": f"expected a bind command, got {message['type']!r}"})
         return 2
     env = {str(k): str(v) for k, v in dict(message.get("env") or {}).items()}
+    cpus = {int(cpu) for cpu in message.get("cpus") or []}
+    if cpus:  # before the engine processes are forked: they inherit it
+        try:
+            os.sched_setaffinity(0, cpus)
+        except OSError as exc:
+            log.warning("bind: cannot run on CPUs %s: %s", sorted(cpus), exc)
     ignored = apply_env(env)
     if ignored:
         log.warning("bind: %s only take effect at import time; start the pool with them", ", ".join(ignored))

@@ -38,6 +38,17 @@ def test_one_cpu_machine_and_no_cpus() -> None:
         CpuAllocator(())
 
 
+def test_placement_keeps_processes_off_other_replicas_cpus() -> None:
+    cpus = CpuAllocator({0, 1})
+    assert cpus.placement() == (0, 1)  # nothing pinned: everywhere
+    cpus.claim("a")
+    assert cpus.placement("a") == (0, 1)  # a's own front end may use every CPU
+    assert cpus.placement() == (1,)  # anything else (a pooled process importing) stays off CPU 0
+    cpus.claim("b")
+    assert cpus.placement("b") == (1,)
+    assert cpus.placement() == (0, 1)  # every CPU taken: no restriction is better than none at all
+
+
 def test_cpu_list_syntax() -> None:
     assert cpu_list([0, 2, 3, 4, 5, 9]) == "0,2-5,9"
     assert cpu_list([1]) == "1"
