@@ -25,6 +25,7 @@ from controller.settings import ControllerSettings
 from llmserve import storage
 from llmserve.endpoints import EndpointWriter, ServiceInfo
 from llmserve.spec import InferenceService
+from llmserve.spec.models import parse_quantity
 from llmserve.workers import WorkerPlan
 from llmserve.workers.sim.plan import sim_plan
 from llmserve.workers.v2 import v2_plan
@@ -45,6 +46,36 @@ def pull_model(service: InferenceService) -> Path:
 
 
 def plan_for(python: str | None) -> PlanFn:
+    """The worker plan of each runtime, carrying its service's resource requests."""
+    return with_spec_resources(_runtime_plan(python))
+
+
+def spec_resources(service: InferenceService) -> dict[str, float]:
+    """A service's `resources.requests` in Ray's names: cpu -> CPU, gpu -> GPU, memory -> memory (bytes)."""
+    requests = service.spec.predictor.model.resources.requests
+    resources: dict[str, float] = {}
+    if requests.cpu is not None:
+        resources["CPU"] = parse_quantity(requests.cpu)
+    if requests.gpu:
+        resources["GPU"] = float(requests.gpu)
+    if requests.memory is not None:
+        resources["memory"] = parse_quantity(requests.memory)
+    return resources
+
+
+def with_spec_resources(
+    plan: Callable[[InferenceService, Path], WorkerPlan],
+) -> Callable[[InferenceService, Path], WorkerPlan]:
+    """Wrap a controller plan function so that each plan carries its service's resource requests."""
+
+    def planned(service: InferenceService, model_dir: Path) -> WorkerPlan:
+        made = plan(service, model_dir)
+        return made if made.resources else dataclasses.replace(made, resources=spec_resources(service))
+
+    return planned
+
+
+def _runtime_plan(python: str | None) -> PlanFn:
     def plan(service: InferenceService, model_dir: Path) -> WorkerPlan:
         if service.runtime == "vllm":
             return vllm_plan(service, model_dir, python=python)

@@ -247,11 +247,9 @@ async def _serve(
     registry = EndpointRegistry()
     controller_settings = ControllerSettings(log_dir=log_dir, warm_pool_size=warm_pool)
     if backend == "ray":
-        from controller.backends.ray import RayBackend, with_spec_resources
-        from controller.reconciler import plan_for
+        from controller.backends.ray import RayBackend
 
-        plan = with_spec_resources(plan_for(controller_settings.python))
-        controller = Controller(RayBackend(log_dir), registry, controller_settings, plan=plan)
+        controller = Controller(RayBackend(log_dir), registry, controller_settings)
     else:
         pool = None
         if controller_settings.warm_pool_size > 0:

@@ -32,16 +32,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from llmserve.spec.models import parse_quantity
 from llmserve.workers import WorkerPlan
 from llmserve.workers.processes import free_port, signal_group, spawn_group_leader, stop_group
-
-if TYPE_CHECKING:
-    from llmserve.spec import InferenceService
 
 log = logging.getLogger("llmserve.controller")
 
@@ -136,31 +132,6 @@ def _token_available() -> bool:
 
 
 # -- resources ----------------------------------------------------------------------------------------------------
-def spec_resources(service: InferenceService) -> dict[str, float]:
-    """A service's `resources.requests` in Ray's names: cpu -> CPU, gpu -> GPU, memory -> memory (bytes)."""
-    requests = service.spec.predictor.model.resources.requests
-    resources: dict[str, float] = {}
-    if requests.cpu is not None:
-        resources["CPU"] = parse_quantity(requests.cpu)
-    if requests.gpu:
-        resources["GPU"] = float(requests.gpu)
-    if requests.memory is not None:
-        resources["memory"] = parse_quantity(requests.memory)
-    return resources
-
-
-def with_spec_resources(
-    plan: Callable[[InferenceService, Path], WorkerPlan],
-) -> Callable[[InferenceService, Path], WorkerPlan]:
-    """Wrap a controller plan function so that each plan carries its service's resource requests."""
-
-    def planned(service: InferenceService, model_dir: Path) -> WorkerPlan:
-        made = plan(service, model_dir)
-        return made if made.resources else replace(made, resources=spec_resources(service))
-
-    return planned
-
-
 def actor_resources(resources: Mapping[str, float], default_num_cpus: float = 0.0) -> dict[str, Any]:
     """Actor options for a plan's resources."""
     rest = dict(resources)

@@ -31,10 +31,8 @@ from controller.backends.ray import (
     _Placement,
     connect_ray,
     disconnect_ray,
-    spec_resources,
-    with_spec_resources,
 )
-from controller.reconciler import Controller, plan_for, pull_model
+from controller.reconciler import Controller, plan_for, pull_model, spec_resources, with_spec_resources
 from controller.settings import ControllerSettings
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
@@ -341,7 +339,7 @@ spec:
 """
     available: Callable[[], dict[str, float]] = ray.available_resources  # (untyped in Ray)
     memory_before = available().get("memory", 0.0)
-    plan = with_spec_resources(plan_for(None))  # vllm_plan, with the spec's resource requests
+    plan = plan_for(None)  # vllm_plan, with the spec's resource requests
     async with (
         running(tmp_path, spec, plan, pull_model) as (controller, registry),
         httpx.AsyncClient(timeout=120) as http,
