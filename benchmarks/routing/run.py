@@ -189,23 +189,14 @@ def workloads(args: argparse.Namespace) -> list[Workload]:
     for name in args.workloads.split(","):
         if name == "rag":
             chosen.append(rag(args.seed, duration_s=args.duration, rate=args.rag_rate, documents=args.rag_docs))
-        elif name == "chat":
+        elif name in ("chat", "chat-shared"):
             chosen.append(
                 chat(
                     args.seed,
                     duration_s=args.duration,
                     sessions=args.chat_sessions,
                     system_words=args.chat_system_words,
-                )
-            )
-        elif name == "chat-shared":
-            chosen.append(
-                chat(
-                    args.seed,
-                    duration_s=args.duration,
-                    sessions=args.chat_sessions,
-                    system_words=args.chat_system_words,
-                    system_prompts=args.chat_system_prompts,
+                    system_prompts=args.chat_system_prompts if name == "chat-shared" else None,
                 )
             )
         elif name == "random":

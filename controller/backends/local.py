@@ -17,17 +17,17 @@ from typing import Any
 
 from controller.backends.cpus import CpuAllocator, cpu_list
 from llmserve.workers import WorkerPlan
-from llmserve.workers.processes import free_port, spawn_group_leader, stop_group
+from llmserve.workers.processes import GroupLeader, free_port, spawn_group_leader
 from llmserve.workers.warm import PooledProcess, WarmPool, WarmPoolError
 
 log = logging.getLogger("llmserve.controller")
 
 
-class LocalProcess:
+class LocalProcess(GroupLeader):
     def __init__(
         self, process: asyncio.subprocess.Process, url: str, log_path: Path, grpc_address: str | None = None
     ) -> None:
-        self._process = process
+        super().__init__(process)
         self._url = url
         self._grpc_address = grpc_address
         self.log_path = log_path
@@ -39,19 +39,6 @@ class LocalProcess:
     @property
     def grpc_address(self) -> str | None:
         return self._grpc_address
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid
-
-    def running(self) -> bool:
-        return self._process.returncode is None
-
-    async def wait(self) -> int | None:
-        return await self._process.wait()
-
-    async def stop(self, grace_s: float) -> None:
-        await stop_group(self._process, grace_s)
 
 
 class LocalBackend:

@@ -59,6 +59,15 @@ def _live_where(field: int, value: int) -> list[int]:
     return members
 
 
+def alive(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie is not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
 def signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
@@ -108,3 +117,24 @@ async def stop_group(process: asyncio.subprocess.Process, grace_s: float, *, ter
             break
         await asyncio.sleep(0.05)
     return code
+
+
+class GroupLeader:
+    """A started process that leads its own process group: the surface every backend's replica process shares."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self._process = process
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    def running(self) -> bool:
+        return self._process.returncode is None
+
+    async def wait(self) -> int | None:
+        return await self._process.wait()
+
+    async def stop(self, grace_s: float) -> None:
+        """SIGTERM the group, SIGKILL after `grace_s`; returns once none of it is left."""
+        await stop_group(self._process, grace_s)

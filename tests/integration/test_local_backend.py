@@ -18,7 +18,7 @@ from controller.settings import ControllerSettings
 from llmserve.endpoints import EndpointRegistry
 from llmserve.spec import InferenceService, parse_services
 from llmserve.workers import WorkerPlan
-from llmserve.workers.processes import group_members
+from llmserve.workers.processes import alive, group_members
 from tests.support.waiting import until
 
 SPEC = """
@@ -30,16 +30,6 @@ spec:
     minReplicas: 1
     model: {modelFormat: {name: huggingface}, storageUri: file:///unused}
 """
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes.
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split(")")[-1].split()[0] != "Z"
 
 
 def fake_worker_plan(*extra: str) -> Callable[[InferenceService, Path], WorkerPlan]:

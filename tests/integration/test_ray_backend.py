@@ -39,6 +39,7 @@ from gateway.settings import GatewaySettings
 from llmserve.endpoints import Endpoint, EndpointRegistry
 from llmserve.spec import InferenceService, parse_services
 from llmserve.workers import WorkerPlan
+from llmserve.workers.processes import alive
 from tests.conftest import REPO
 from tests.support.ray_cluster import LocalRayCluster, session_members
 from tests.support.waiting import until
@@ -143,14 +144,6 @@ async def gateway(registry: EndpointRegistry) -> AsyncIterator[str]:
 
 def node_of(endpoint: Endpoint) -> str:
     return urlsplit(endpoint.url).hostname or ""
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 async def chat(http: httpx.AsyncClient, url: str, model: str = "fake", **extra: Any) -> str:

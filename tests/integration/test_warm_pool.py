@@ -16,20 +16,12 @@ from openai.types.chat import ChatCompletionMessageParam
 from llmserve.spec import load_services
 from llmserve.storage import pull
 from llmserve.workers import WorkerPlan
-from llmserve.workers.processes import group_members
+from llmserve.workers.processes import alive, group_members
 from llmserve.workers.vllm import vllm_plan
 from llmserve.workers.warm import BindRequest, NotWarmable, WarmPool, WarmPoolError, WorkerState
 from tests.conftest import REPO
 
 QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def embedded_plan() -> tuple[WorkerPlan, str]:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from llmserve.workers.plan import WorkerPlan
-from llmserve.workers.processes import free_port, spawn_group_leader, stop_group
+from llmserve.workers.processes import GroupLeader, free_port, spawn_group_leader
 from llmserve.workers.warm.protocol import MAX_LINE, decode, encode
 
 log = logging.getLogger("llmserve.workers.warm")
@@ -110,10 +110,11 @@ def _without_address(args: list[str]) -> list[str]:
     return out
 
 
-class PooledProcess:
+class PooledProcess(GroupLeader):
     """One pooled process; once bound, a replica process like any other (it leads its own process group)."""
 
     def __init__(self, worker_id: str, process: asyncio.subprocess.Process, log_path: Path) -> None:
+        super().__init__(process)
         self.worker_id = worker_id
         self.log_path = log_path
         self.state = WorkerState.STARTING
@@ -129,7 +130,6 @@ class PooledProcess:
         self.ignored_env: list[str] = []
         self.error: str | None = None
         self.returncode: int | None = None
-        self._process = process
         self._url: str | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._changed = asyncio.Condition()
@@ -147,19 +147,9 @@ class PooledProcess:
         """vLLM's OpenAI server has no gRPC port."""
         return None
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid
-
-    def running(self) -> bool:
-        return self._process.returncode is None
-
-    async def wait(self) -> int | None:
-        return await self._process.wait()
-
     async def stop(self, grace_s: float = 5.0) -> None:
         """SIGTERM its process group (it and the engine processes it forked), SIGKILL after `grace_s`."""
-        await stop_group(self._process, grace_s)
+        await super().stop(grace_s)
         self._close_channel()
 
     # -- binding -------------------------------------------------------------------------------------------------
