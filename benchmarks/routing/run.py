@@ -260,7 +260,7 @@ def report(args: argparse.Namespace, rows: list[tuple[str, str, Result]]) -> Non
         "# Routing policies on 8 simulated vLLM workers",
         "",
         f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}",
-        f"- machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()} (shared)",
+        f"- machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         f"- command: `python benchmarks/routing/run.py --duration {args.duration:g} --seed {args.seed} "
         f"--workers {args.workers} --kv-blocks {args.kv_blocks} --speed {args.speed:g} --rag-rate {args.rag_rate:g} "
         f"--rag-docs {args.rag_docs} --random-rate {args.random_rate:g} --chat-sessions {args.chat_sessions} "
