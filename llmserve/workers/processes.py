@@ -25,7 +25,7 @@ def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
     _libc.prctl(_PR_SET_PDEATHSIG, sig)
 
 
-def free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     """A port that was free on `host` a moment ago."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))

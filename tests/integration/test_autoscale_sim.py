@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.up import llmserve_up
+from tests.support.up import llmserve_up, sim_service
 
 SERVICE = """\
 apiVersion: serving.llmserve.io/v1alpha1
@@ -34,12 +34,7 @@ spec:
 
 
 def test_scale_up_under_load_and_back_down(tmp_path: Path) -> None:
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    (model_dir / "config.json").write_text("{}")
-    config = tmp_path / "sim.yaml"
-    config.write_text(SERVICE.format(model_dir=model_dir))
-    with llmserve_up(config, tmp_path) as up:
+    with llmserve_up(sim_service(tmp_path, SERVICE), tmp_path) as up:
         up.wait(lambda: up.service("sim")["ready_replicas"] == 1, 30, "first replica")
         stop = threading.Event()
         started = threading.Semaphore(0)

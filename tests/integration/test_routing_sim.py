@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from llmserve.workers.vllm_metrics import parse_vllm_metrics
-from tests.support.up import Up, llmserve_up
+from tests.support.up import Up, llmserve_up, sim_service
 
 SERVICE = """\
 apiVersion: serving.llmserve.io/v1alpha1
@@ -49,12 +49,7 @@ def worker_loads(up: Up) -> dict[str, tuple[float, float]]:
 
 
 def test_affinity_then_the_load_cap(tmp_path: Path) -> None:
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    (model_dir / "config.json").write_text("{}")
-    config = tmp_path / "sim.yaml"
-    config.write_text(SERVICE.format(model_dir=model_dir))
-    with llmserve_up(config, tmp_path) as up:
+    with llmserve_up(sim_service(tmp_path, SERVICE), tmp_path) as up:
         up.wait(lambda: up.service("sim")["ready_replicas"] == 2, 30, "two replicas")
         up.wait(lambda: all(q == 0 for q, _ in worker_loads(up).values()), 5, "idle workers")
         for i in range(6):  # one at a time: nothing but the prefix distinguishes the workers

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from llmserve.workers.processes import free_port
 from llmserve.workers.sim import CPU_SMOLLM2, SimServer, WordTokenizer, create_app
 from tests.conftest import REPO
 from tests.support.openapi import OpenAISchemas
@@ -204,12 +204,6 @@ def test_client_disconnect_aborts_the_request(sim: tuple[ServerThread, SimServer
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.url}/v1/chat/completions", json=plain, timeout=0.3)
     assert eventually(lambda: app.engine.num_running == 0, 5)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_the_cli_starts_fast_serves_and_stops_on_sigint() -> None:

@@ -27,11 +27,12 @@ from gateway.fastpath import GatewayApp
 from gateway.settings import GatewaySettings
 from llmserve.endpoints import Endpoint, EndpointRegistry, ServiceInfo
 from llmserve.protocol.v2_grpc import open_inference_grpc_pb2 as pb
+from llmserve.workers.processes import free_port
 from tests.conftest import REPO, SHARED_SPECS
 from tests.support import v2_models
 from tests.support.servers import ServerThread, serving
 from tests.support.v2_models import TrainedModel
-from tests.support.v2_runtime import RuntimeProcess, free_port, runtime_processes
+from tests.support.v2_runtime import RuntimeProcess, runtime_processes
 from tests.support.v2_schemas import V2Schemas
 from tests.support.waiting import eventually
 

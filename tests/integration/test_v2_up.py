@@ -20,11 +20,10 @@ import httpx
 import pytest
 
 from llmserve.protocol.v2_grpc import open_inference_grpc_pb2 as pb
-from llmserve.workers.processes import group_members
+from llmserve.workers.processes import free_port, group_members
 from tests.conftest import REPO
 from tests.support import v2_models
 from tests.support.v2_models import TrainedModel
-from tests.support.v2_runtime import free_port
 
 SERVICE = """\
 apiVersion: serving.llmserve.io/v1alpha1

@@ -15,9 +15,8 @@ from typing import Any
 
 import httpx
 
-from llmserve.workers.processes import group_members
+from llmserve.workers.processes import free_port, group_members
 from tests.conftest import REPO
-from tests.support.v2_runtime import free_port
 
 
 @dataclass
@@ -36,15 +35,17 @@ class Up:
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
-    def services(self) -> list[dict[str, Any]]:
+    def admin(self) -> dict[str, Any]:
+        """The controller's view: GET /admin/v1/services."""
         response = httpx.get(f"{self.url}/admin/v1/services", headers=self.headers, timeout=10)
         response.raise_for_status()
-        return list(response.json()["services"])
+        return dict(response.json())
+
+    def services(self) -> list[dict[str, Any]]:
+        return list(self.admin()["services"])
 
     def backend(self) -> dict[str, Any]:
-        response = httpx.get(f"{self.url}/admin/v1/services", headers=self.headers, timeout=10)
-        response.raise_for_status()
-        return dict(response.json()["backend"])
+        return dict(self.admin()["backend"])
 
     def pool_states(self) -> list[str]:
         """States of the warm pool's processes (idle, starting, serving...); [] without a pool."""
@@ -73,6 +74,17 @@ class Up:
                 pass
             time.sleep(0.2)
         raise AssertionError(f"{what}: not reached within {within_s} s\n{self.tail()}")
+
+
+def sim_service(work: Path, template: str) -> Path:
+    """An InferenceService file from `template` (`{model_dir}` filled in) whose model directory holds just a
+    config: enough for the vLLM-contract simulator, which loads no weights."""
+    model_dir = work / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    config = work / "sim.yaml"
+    config.write_text(template.format(model_dir=model_dir))
+    return config
 
 
 @contextmanager
