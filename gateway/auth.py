@@ -10,24 +10,34 @@ from llmserve.protocol.errors import ServingError
 PUBLIC_PATHS = frozenset({"/health", "/ready"})
 
 
+class BearerKeys:
+    """The gateway's key rule, for every protocol: `Authorization: Bearer <one of the keys>`."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self._keys = [key.encode() for key in keys]
+
+    def __bool__(self) -> bool:
+        return bool(self._keys)
+
+    def accept(self, authorization: bytes | None) -> bool:
+        """Whether an `Authorization` value carries one of the keys (`Bearer <key>`)."""
+        if authorization is None or authorization[:7].lower() != b"bearer ":
+            return False
+        presented = authorization[7:].strip()
+        matched = False
+        for key in self._keys:  # no early exit: timing says nothing about which key (if any) matched
+            matched |= hmac.compare_digest(presented, key)
+        return matched
+
+
 class APIKeyMiddleware:
     def __init__(self, app: ASGIApp, keys: list[str]) -> None:
         self.app = app
-        self._keys = [key.encode() for key in keys]
+        self.keys = BearerKeys(keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS or self._authorized(scope):
+        public = scope["type"] != "http" or scope["path"] in PUBLIC_PATHS
+        if public or self.keys.accept(header(scope, b"authorization")):
             await self.app(scope, receive, send)
             return
         await send_error(send, ServingError.unauthorized(), scope["path"])
-
-    def _authorized(self, scope: Scope) -> bool:
-        value = header(scope, b"authorization")
-        if value is None or value[:7].lower() != b"bearer ":
-            return False
-        presented = value[7:].strip()
-        # Compare with every key, without stopping early: timing says nothing about which key (if any) matched.
-        matched = False
-        for key in self._keys:
-            matched |= hmac.compare_digest(presented, key)
-        return matched

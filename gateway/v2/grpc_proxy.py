@@ -25,8 +25,8 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from gateway.auth import BearerKeys
 from gateway.openai.proxy import CLIENT_CLOSED, UNKNOWN_MODEL
-from gateway.v2.auth import BearerKeys
 from gateway.v2.channels import ChannelCache
 from gateway.v2.dispatch import Dispatcher, V2Deps
 from gateway.v2.server import EXTENSIONS, NAME, VERSION, not_ready_message
