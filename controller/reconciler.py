@@ -24,13 +24,13 @@ from controller.replica import BusyProbe, HealthCheck, Replica
 from controller.settings import ControllerSettings
 from llmserve import storage
 from llmserve.endpoints import EndpointWriter, ServiceInfo
+from llmserve.protocol.vllm_metrics import parse_vllm_metrics
 from llmserve.spec import InferenceService
 from llmserve.spec.models import parse_quantity
 from llmserve.workers import WorkerPlan
 from llmserve.workers.sim.plan import sim_plan
 from llmserve.workers.v2 import v2_plan
 from llmserve.workers.vllm import vllm_plan
-from llmserve.workers.vllm_metrics import parse_vllm_metrics
 
 log = logging.getLogger("llmserve.controller")
 

@@ -23,8 +23,8 @@ from gateway.routing import LoadBoard, RouteContext, Scheduler, load_profiles
 from gateway.routing.tokens import PromptTokens
 from llmserve.endpoints import Endpoint, ServiceInfo
 from llmserve.protocol.openai import ChatCompletionRequest
+from llmserve.protocol.vllm_metrics import Scraped
 from llmserve.storage import ModelCache
-from llmserve.workers.vllm_metrics import Scraped
 
 REPO = Path(__file__).resolve().parents[2]
 TEXT = """the model serves tokens quickly while the cache keeps prefixes warm for every replica in the pool

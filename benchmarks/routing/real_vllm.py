@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.routing.workloads import text
-from llmserve.workers.vllm_metrics import parse_vllm_metrics
+from llmserve.protocol.vllm_metrics import parse_vllm_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE = """apiVersion: serving.llmserve.io/v1alpha1

@@ -31,8 +31,8 @@ from pathlib import Path
 import httpx
 
 from benchmarks.routing.workloads import Session, Turn, Workload, chat, rag, random_prompts
+from llmserve.protocol.vllm_metrics import parse_vllm_metrics
 from llmserve.storage import ModelCache
-from llmserve.workers.vllm_metrics import parse_vllm_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 WORK = REPO / "benchmarks" / ".work"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llmserve.endpoints import Endpoint
-from llmserve.workers.vllm_metrics import Scraped
+from llmserve.protocol.vllm_metrics import Scraped
 
 
 @dataclass(slots=True)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from gateway.routing.load import LoadBoard
 from gateway.upstream import UpstreamError, UpstreamPool
 from llmserve.endpoints import Endpoint, EndpointReader
-from llmserve.workers.vllm_metrics import Scraped, parse_vllm_metrics
+from llmserve.protocol.vllm_metrics import Scraped, parse_vllm_metrics
 
 log = logging.getLogger("llmserve.gateway.routing")
 

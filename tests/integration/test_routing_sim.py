@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from llmserve.workers.vllm_metrics import parse_vllm_metrics
+from llmserve.protocol.vllm_metrics import parse_vllm_metrics
 from tests.support.up import Up, llmserve_up, sim_service
 
 SERVICE = """\

@@ -8,7 +8,7 @@ from gateway.routing.base import Candidate, RouteContext
 from gateway.routing.load import EndpointLoad
 from llmserve.endpoints import Endpoint, ServiceInfo
 from llmserve.protocol.openai import ChatCompletionRequest, OpenAIRequest
-from llmserve.workers.vllm_metrics import Scraped
+from llmserve.protocol.vllm_metrics import Scraped
 
 SERVICE = ServiceInfo(name="svc", model_name="base")
 

@@ -9,7 +9,7 @@ from gateway.routing.profiles import BUILTIN, build_profile, load_profiles
 from gateway.routing.scheduler import Scheduler
 from gateway.routing.tokens import PromptTokens
 from llmserve.endpoints import Endpoint
-from llmserve.workers.vllm_metrics import Scraped
+from llmserve.protocol.vllm_metrics import Scraped
 from tests.unit.gateway.routing.helpers import SERVICE, chat
 
 ENDPOINTS = [Endpoint(service="svc", replica_id=f"r{i}", url=f"http://r{i}:1") for i in range(4)]

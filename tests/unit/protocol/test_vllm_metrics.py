@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from llmserve.workers.vllm_metrics import parse_vllm_metrics
+from llmserve.protocol.vllm_metrics import parse_vllm_metrics
 
 CURRENT = """
 # HELP vllm:num_requests_running Number of requests in model execution batches.
