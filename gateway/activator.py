@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from gateway.demand import DemandTracker
+from gateway.ledger import LoadLedger
 from gateway.metrics import GatewayMetrics
 from llmserve.endpoints import Endpoint, EndpointReader
 from llmserve.protocol.errors import ServingError
@@ -36,12 +36,12 @@ class Activator:
         self,
         endpoints: EndpointReader,
         settings: ActivatorSettings,
-        demand: DemandTracker,
+        ledger: LoadLedger,
         metrics: GatewayMetrics,
     ) -> None:
         self.endpoints = endpoints
         self.settings = settings
-        self.demand = demand
+        self.ledger = ledger
         self.metrics = metrics
         self._queues: dict[str, deque[asyncio.Future[None]]] = {}
         endpoints.subscribe(self._endpoints_changed)
@@ -63,8 +63,7 @@ class Activator:
             )
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queue.append(waiter)
-        self.demand.hold(service, tokens)
-        self.metrics.activator_queue(service, len(queue))
+        self.ledger.hold(service, tokens)
         started = time.monotonic()
         self.endpoints.wake(service)
         try:
@@ -79,8 +78,7 @@ class Activator:
         finally:
             if waiter in queue:  # deadline, disconnect or cancellation: give the slot back
                 queue.remove(waiter)
-            self.demand.unhold(service, tokens)
-            self.metrics.activator_queue(service, len(queue))
+            self.ledger.unhold(service, tokens)
             self.metrics.observe_held(service, time.monotonic() - started)
         return self.endpoints.ready_endpoints(service)
 
@@ -105,4 +103,3 @@ class Activator:
             waiter = queue.popleft()
             if not waiter.done():
                 waiter.set_result(None)
-        self.metrics.activator_queue(service, 0)

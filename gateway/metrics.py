@@ -14,6 +14,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from gateway.ledger import LoadLedger
+from llmserve.endpoints import EndpointReader
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 HELD_BUCKETS = (0.01, 0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -49,21 +52,10 @@ class GatewayMetrics:
         self._latency: dict[tuple[str, str], _Histogram] = {}
         self._ttft: dict[tuple[str, str], _Histogram] = {}
         self._tokens: dict[tuple[str, str], int] = {}
-        self._in_flight: dict[str, int] = {}
-        self._held_now: dict[str, int] = {}
         self._held_time: dict[tuple[str, str], _Histogram] = {}
         self.registry.register(_Collector(self))
 
     # -- hot path -------------------------------------------------------------------------------------------------
-    def request_started(self, model: str) -> None:
-        self._in_flight[model] = self._in_flight.get(model, 0) + 1
-
-    def request_finished(self, model: str) -> None:
-        self._in_flight[model] -= 1
-
-    def in_flight(self, model: str) -> int:
-        return self._in_flight.get(model, 0)
-
     def observe(self, model: str, route: str, status: int, seconds: float) -> None:
         key = (model, route, str(status))
         self._requests[key] = self._requests.get(key, 0) + 1
@@ -77,9 +69,6 @@ class GatewayMetrics:
         if histogram is None:
             histogram = self._ttft[(model, route)] = _Histogram(TTFT_BUCKETS)
         histogram.observe(seconds)
-
-    def activator_queue(self, service: str, depth: int) -> None:
-        self._held_now[service] = depth
 
     def observe_held(self, service: str, seconds: float) -> None:
         histogram = self._held_time.get((service, ""))
@@ -123,20 +112,6 @@ class GatewayMetrics:
         for (model, kind), count in list(self._tokens.items()):
             tokens.add_metric([model, kind], count)
         yield tokens
-        in_flight = GaugeMetricFamily(
-            "llmserve_requests_in_flight", "Requests the gateway is working on, by served model.", labels=["model"]
-        )
-        for model, count in list(self._in_flight.items()):
-            in_flight.add_metric([model], count)
-        yield in_flight
-        held = GaugeMetricFamily(
-            "llmserve_activator_queue_depth",
-            "Requests the activator holds because their service has no ready replica.",
-            labels=["service"],
-        )
-        for service, depth in list(self._held_now.items()):
-            held.add_metric([service], depth)
-        yield held
         held_time = HistogramMetricFamily(
             "llmserve_activator_held_seconds", "How long requests waited in the activator.", labels=["service"]
         )
@@ -150,6 +125,35 @@ class GatewayMetrics:
         for (model, route), histogram in list(series.items()):
             family.add_metric([model, route], histogram.buckets(), histogram.total)
         return family
+
+
+class LedgerCollector:
+    """Gauges read from the gateway's load ledger when /metrics is scraped: requests in flight to replicas (by
+    served model) and requests held by the activator (by service)."""
+
+    def __init__(self, ledger: LoadLedger, endpoints: EndpointReader) -> None:
+        self._ledger = ledger
+        self._endpoints = endpoints
+
+    def collect(self) -> Iterator[Metric]:
+        in_flight = GaugeMetricFamily(
+            "llmserve_requests_in_flight",
+            "Requests dispatched to a replica whose response has not ended, by served model.",
+            labels=["model"],
+        )
+        held = GaugeMetricFamily(
+            "llmserve_activator_queue_depth",
+            "Requests the activator holds because their service has no ready replica.",
+            labels=["service"],
+        )
+        models = {info.name: info.model_name for info in self._endpoints.services()}
+        for service, load in list(self._ledger.services().items()):
+            model = models.get(service)
+            if model is not None:
+                in_flight.add_metric([model], load.in_flight)
+                held.add_metric([service], load.held)
+        yield in_flight
+        yield held
 
 
 class _Collector:

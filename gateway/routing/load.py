@@ -1,4 +1,5 @@
-"""What routing knows about each replica: signals scraped from its /metrics, merged with the gateway's own counts.
+"""What routing knows about one replica: signals scraped from its /metrics, merged with the gateway's own counts
+(kept by the gateway's load ledger, gateway/ledger.py).
 
 Scrapes are periodic (and so a little old); the gateway's in-flight counts are exact for the traffic it sent.
 The merged estimate adds the requests this gateway started since the last scrape to the scraped queue.
@@ -6,7 +7,7 @@ The merged estimate adds the requests this gateway started since the last scrape
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from llmserve.endpoints import Endpoint
 from llmserve.protocol.vllm_metrics import Scraped
@@ -43,50 +44,3 @@ class EndpointLoad:
     @property
     def kv_usage(self) -> float:
         return self.scraped.kv_usage if self.scraped else 0.0
-
-
-@dataclass
-class LoadBoard:
-    """Loads of every replica the gateway routes to, by replica id."""
-
-    loads: dict[str, EndpointLoad] = field(default_factory=dict)
-
-    def get(self, endpoint: Endpoint) -> EndpointLoad:
-        load = self.loads.get(endpoint.replica_id)
-        if load is None or load.endpoint.url != endpoint.url:  # a restarted replica is a new one
-            load = self.loads[endpoint.replica_id] = EndpointLoad(endpoint)
-        return load
-
-    def record_scrape(self, endpoint: Endpoint, scraped: Scraped | None, now: float) -> None:
-        load = self.get(endpoint)
-        if scraped is None:
-            load.scrape_failures += 1
-            return
-        load.scraped = scraped
-        load.scraped_at = now
-        load.scrape_failures = 0
-        load.in_flight_at_scrape = load.in_flight
-
-    def started(self, endpoint: Endpoint, tokens: int) -> None:
-        load = self.get(endpoint)
-        load.in_flight += 1
-        load.in_flight_tokens += tokens
-
-    def finished(self, endpoint: Endpoint, tokens: int) -> None:
-        load = self.loads.get(endpoint.replica_id)
-        if load is not None and load.endpoint.url == endpoint.url:
-            load.in_flight = max(0, load.in_flight - 1)
-            load.in_flight_tokens = max(0, load.in_flight_tokens - tokens)
-            load.in_flight_at_scrape = min(load.in_flight_at_scrape, load.in_flight)
-
-    def prefill_started(self, endpoint: Endpoint, tokens: int) -> None:
-        self.get(endpoint).pending_prefill += tokens
-
-    def prefill_finished(self, endpoint: Endpoint, tokens: int) -> None:
-        load = self.loads.get(endpoint.replica_id)
-        if load is not None and load.endpoint.url == endpoint.url:
-            load.pending_prefill = max(0, load.pending_prefill - tokens)
-
-    def forget_except(self, live: set[str]) -> None:
-        for replica_id in [r for r in self.loads if r not in live]:
-            del self.loads[replica_id]

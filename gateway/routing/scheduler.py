@@ -1,7 +1,8 @@
 """The scheduler: for each request, run the service's routing profile over the ready replicas.
 
 It computes what plugins need once (prompt tokens, the expected token load), fails open to the least-loaded
-replica if a plugin raises, and keeps the gateway's in-flight counts (released when the response ends).
+replica if a plugin raises, and dispatches the request on the gateway's load ledger (counted until released).
+V2 services route with `least-request` unless they name a profile.
 """
 
 from __future__ import annotations
@@ -9,57 +10,40 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway.routing.base import Candidate, RouteContext, uncached_prompt_tokens
-from gateway.routing.load import LoadBoard
 from gateway.routing.profiles import DEFAULT_PROFILE, Profile
 from gateway.routing.tokens import PromptTokens
-from llmserve.endpoints import Endpoint
+from llmserve.endpoints import Endpoint, ServiceInfo
 from llmserve.protocol.openai import ChatCompletionRequest
+
+if TYPE_CHECKING:  # the ledger imports routing's EndpointLoad
+    from gateway.ledger import Dispatched, LoadLedger
 
 log = logging.getLogger("llmserve.gateway.routing")
 
-
-@dataclass
-class Assignment:
-    """A request placed on a replica; `release()` when its response ended (exactly once)."""
-
-    endpoint: Endpoint
-    tokens: int
-    board: LoadBoard
-    prefill_tokens: int = 0  # uncached prompt tokens the replica has to compute first
-    released: bool = False
-    prefilled: bool = False
-
-    def first_token(self) -> None:
-        """The replica answered its first token: its prefill work for this request is done."""
-        if not self.prefilled:
-            self.prefilled = True
-            self.board.prefill_finished(self.endpoint, self.prefill_tokens)
-
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self.first_token()
-            self.board.finished(self.endpoint, self.tokens)
+V2_PROFILE = "least-request"
 
 
 class Scheduler:
     def __init__(
         self,
         profiles: Mapping[str, Profile],
-        board: LoadBoard,
+        ledger: LoadLedger,
         tokens: PromptTokens | None = None,
         *,
         default_profile: str = DEFAULT_PROFILE,
+        default_v2_profile: str = V2_PROFILE,
         default_output_tokens: int = 256,
         prune_every: int = 512,
     ) -> None:
-        if default_profile not in profiles:
-            raise ValueError(f"no routing profile named '{default_profile}'")
+        for name in (default_profile, default_v2_profile):
+            if name not in profiles:
+                raise ValueError(f"no routing profile named '{name}'")
         self.profiles = profiles
-        self.board = board
+        self.ledger = ledger
+        self.default_v2_profile = default_v2_profile
         self.tokens = tokens or PromptTokens()
         self.default_profile = default_profile
         self.default_output_tokens = default_output_tokens
@@ -67,13 +51,15 @@ class Scheduler:
         self._decisions = 0
         self._last_failure_log = 0.0
 
-    def profile_for(self, name: str | None) -> Profile:
-        return self.profiles.get(name or self.default_profile) or self.profiles[self.default_profile]
+    def profile_for(self, service: ServiceInfo) -> Profile:
+        default = self.default_v2_profile if service.protocol == "v2" else self.default_profile
+        return self.profiles.get(service.routing_profile or default) or self.profiles[default]
 
-    async def assign(self, ctx: RouteContext, endpoints: Sequence[Endpoint]) -> Assignment:
-        """Choose a replica among `endpoints` (not empty) and count the request on it."""
-        profile = self.profile_for(ctx.service.routing_profile)
-        candidates = [Candidate(e, self.board.get(e)) for e in endpoints]
+    async def assign(self, ctx: RouteContext, endpoints: Sequence[Endpoint]) -> Dispatched:
+        """Choose a replica among `endpoints` (not empty) and dispatch the request to it on the ledger."""
+        profile = self.profile_for(ctx.service)
+        ledger = self.ledger
+        candidates = [Candidate(e, ledger.load(e)) for e in endpoints]
         if profile.needs_tokens:
             self.tokens.prepare(ctx.service.tokenizer_dir)
         if profile.needs_tokens and len(candidates) > 1:
@@ -93,10 +79,8 @@ class Scheduler:
         self._decisions += 1
         if self._decisions % self.prune_every == 0:
             self._prune(profile, ctx.service.name, endpoints)
-        self.board.started(chosen.endpoint, ctx.expected_tokens)
         uncached = uncached_prompt_tokens(ctx, chosen, prompt)
-        self.board.prefill_started(chosen.endpoint, uncached)
-        return Assignment(chosen.endpoint, ctx.expected_tokens, self.board, prefill_tokens=uncached)
+        return ledger.dispatch(chosen.endpoint, ctx.expected_tokens, prefill_tokens=uncached)
 
     def warm(self, tokenizer_dir: str | None) -> None:
         """Load a service's tokenizer ahead of its first request."""

@@ -1,4 +1,4 @@
-"""The loop that scrapes every ready replica's /metrics on an interval and records it on the load board."""
+"""The loop that scrapes every ready replica's /metrics on an interval and records it on the load ledger."""
 
 from __future__ import annotations
 
@@ -7,22 +7,25 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from gateway.routing.load import LoadBoard
 from gateway.upstream import UpstreamError, UpstreamPool
 from llmserve.endpoints import Endpoint, EndpointReader
 from llmserve.protocol.vllm_metrics import Scraped, parse_vllm_metrics
+
+if TYPE_CHECKING:  # the ledger imports routing's EndpointLoad
+    from gateway.ledger import LoadLedger
 
 log = logging.getLogger("llmserve.gateway.routing")
 
 
 class SignalScraper:
-    """Scrapes /metrics of every ready replica every `interval_s` and records it on the load board."""
+    """Scrapes /metrics of every ready replica every `interval_s` and records it on the load ledger."""
 
     def __init__(
         self,
         endpoints: EndpointReader,
-        board: LoadBoard,
+        ledger: LoadLedger,
         pool: UpstreamPool,
         *,
         interval_s: float = 0.5,
@@ -30,7 +33,7 @@ class SignalScraper:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.endpoints = endpoints
-        self.board = board
+        self.ledger = ledger
         self.pool = pool
         self.interval_s = interval_s
         self.timeout_s = timeout_s
@@ -48,7 +51,7 @@ class SignalScraper:
         if self._task is None or self._task.done():
             return
         for endpoint in self.endpoints.ready_endpoints(service):
-            if self.board.get(endpoint).scraped_at is None:
+            if self.ledger.load(endpoint).scraped_at is None:
                 task = asyncio.get_running_loop().create_task(self._scrape(endpoint))
                 self._first_scrapes.add(task)
                 task.add_done_callback(self._first_scrapes.discard)
@@ -61,7 +64,7 @@ class SignalScraper:
 
     async def scrape_once(self) -> None:
         ready = [e for s in self.endpoints.services() for e in self.endpoints.ready_endpoints(s.name)]
-        self.board.forget_except({e.replica_id for e in ready})
+        self.ledger.forget_except({e.replica_id for e in ready})
         await asyncio.gather(*(self._scrape(e) for e in ready))
 
     async def _run(self) -> None:
@@ -84,4 +87,4 @@ class SignalScraper:
                 scraped = parse_vllm_metrics(body.decode("utf-8", "replace"))
         except (UpstreamError, TimeoutError):
             scraped = None
-        self.board.record_scrape(endpoint, scraped, self.clock())
+        self.ledger.record_scrape(endpoint, scraped, self.clock())

@@ -5,7 +5,6 @@ and gRPC (`inference.GRPCInferenceService`), forwarded to the runtime replicas o
 `GatewaySettings.grpc_port` is set (grpc is imported only then).
 """
 
-from gateway.v2.dispatch import V2Deps
 from gateway.v2.router import attach_router, start_grpc
 
-__all__ = ["V2Deps", "attach_router", "start_grpc"]
+__all__ = ["attach_router", "start_grpc"]

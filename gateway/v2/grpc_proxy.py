@@ -4,10 +4,10 @@ ServerLive / ServerReady / ServerMetadata are answered by the gateway (the fleet
 ModelReady / ModelMetadata / ModelInfer are forwarded as raw bytes (identity (de)serializers: the tensors are
 never decoded here) to a ready replica's gRPC address; the model name is read with `ModelReadyRequest`, whose
 fields 1 and 2 (name, version) are also those of the other two requests, so their tensors stay unparsed bytes.
-The service, the activator (no ready replica: hold, then forward; UNAVAILABLE after the deadline), placement
-and counting are shared with REST (gateway/v2/dispatch.py). Unknown model: NOT_FOUND (ModelReady answers
-ready=false, as the runtime does: clients poll with it). With API keys configured, every call needs
-`authorization: Bearer <key>` metadata (else UNAUTHENTICATED).
+The service lookup (gateway/v2/services.py), the activator (no ready replica: hold, then forward; UNAVAILABLE after
+the deadline), placement by the scheduler and counting in the load ledger are shared with REST. Unknown model:
+NOT_FOUND (ModelReady answers ready=false, as the runtime does: clients poll with it). With API keys configured,
+every call needs `authorization: Bearer <key>` metadata (else UNAUTHENTICATED).
 
 Channels to replicas: gateway/v2/channels.py. A call is retried on another replica only when its replica could
 not be connected to ("failed to connect"), so a request never runs twice. Imported only when
@@ -26,10 +26,10 @@ import grpc
 from grpc import aio
 
 from gateway.auth import BearerKeys
-from gateway.openai.proxy import CLIENT_CLOSED, UNKNOWN_MODEL
+from gateway.dispatch import CLIENT_CLOSED, UNKNOWN_MODEL, Dispatcher
 from gateway.v2.channels import ChannelCache
-from gateway.v2.dispatch import Dispatcher, V2Deps
 from gateway.v2.server import EXTENSIONS, NAME, VERSION, not_ready_message
+from gateway.v2.services import V2Services
 from llmserve.endpoints import ServiceInfo
 from llmserve.protocol.errors import ServingError
 from llmserve.protocol.v2_grpc import open_inference_grpc_pb2 as pb
@@ -68,10 +68,11 @@ Unary = Callable[[bytes, aio.ServicerContext[bytes, bytes]], Awaitable[bytes]]
 
 
 class GrpcProxy:
-    def __init__(self, deps: V2Deps) -> None:
-        self.deps = deps
-        self.dispatcher = Dispatcher(deps)
-        self.keys = BearerKeys([key.get_secret_value() for key in deps.settings.api_keys])
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.deps = dispatcher.deps
+        self.dispatcher = dispatcher
+        self.services = V2Services(dispatcher.endpoints)
+        self.keys = BearerKeys([key.get_secret_value() for key in self.deps.settings.api_keys])
         self.port = 0
         self._server: aio.Server | None = None
         self._channels: ChannelCache | None = None
@@ -126,7 +127,7 @@ class GrpcProxy:
 
     async def _server_ready(self, request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
         await self._authorize(context)
-        waiting = self.dispatcher.waiting_services()
+        waiting = self.services.waiting_services()
         if waiting:
             log.debug("gRPC ServerReady: %s", not_ready_message(waiting))
         return pb.ServerReadyResponse(ready=not waiting).SerializeToString()
@@ -154,10 +155,8 @@ class GrpcProxy:
     ) -> bytes:
         await self._authorize(context)  # in front, and not counted (as over REST)
         started = time.perf_counter()
-        dispatcher = self.dispatcher
         model = UNKNOWN_MODEL
         status = 500
-        service: ServiceInfo | None = None
         try:
             try:
                 name = pb.ModelReadyRequest.FromString(request).name  # field 1 of all three requests
@@ -166,10 +165,10 @@ class GrpcProxy:
             if method == MODEL_READY and self._unknown(name):
                 status = 404
                 return _NOT_READY  # as the runtime answers: clients poll ModelReady
-            service = dispatcher.service(name)
+            service = self.services.service(name)
             model = service.model_name
-            dispatcher.arrived(service)
-            reply = await self._call_replica(service, method, request, context)
+            self.dispatcher.ledger.arrived(service.name)
+            reply = await self._call_replica(service, route, method, request, context)
             if isinstance(reply, aio.AioRpcError):
                 status = _STATUS_OF_CODE.get(reply.code(), 500)
                 await context.abort(reply.code(), reply.details() or "")
@@ -182,40 +181,47 @@ class GrpcProxy:
             status = CLIENT_CLOSED
             raise
         finally:
-            if service is not None:
-                dispatcher.done(service)
-            dispatcher.observe(model, route, status, started)
+            self.deps.metrics.observe(model, route, status, time.perf_counter() - started)
 
     def _unknown(self, model: str) -> bool:
         try:
-            self.dispatcher.service(model)
+            self.services.service(model)
         except ServingError:
             return True
         return False
 
     async def _call_replica(
-        self, service: ServiceInfo, method: str, request: bytes, context: aio.ServicerContext[bytes, bytes]
+        self,
+        service: ServiceInfo,
+        route: str,
+        method: str,
+        request: bytes,
+        context: aio.ServicerContext[bytes, bytes],
     ) -> bytes | aio.AioRpcError:
         """The replica's reply, or its error."""
-        endpoints = [e for e in await self.dispatcher.replicas(service) if e.grpc_address]
+        ctx = self.services.context(service, route, len(request))
+        endpoints = [e for e in await self.dispatcher.ready(ctx, 0, None) if e.grpc_address]
         if not endpoints:
             raise ServingError(503, f"No ready replica of '{service.name}' serves gRPC.")
         metadata = _forwarded_metadata(context)
         while True:
-            placement = self.dispatcher.place(endpoints)
-            address = placement.endpoint.grpc_address
+            dispatched = await self.dispatcher.scheduler.assign(ctx, endpoints)
+            address = dispatched.endpoint.grpc_address
             assert address is not None
-            entry = self.channels.acquire(placement.endpoint, address)
+            entry = self.channels.acquire(dispatched.endpoint, address)
             try:
                 call: aio.UnaryUnaryMultiCallable[bytes, bytes] = entry.channel.unary_unary(method)
                 return await call(request, timeout=context.time_remaining(), metadata=metadata)
             except aio.AioRpcError as exc:
-                endpoints = [e for e in endpoints if e.replica_id != placement.endpoint.replica_id]
-                if not (endpoints and _not_connected(exc)):
+                if not _not_connected(exc):
+                    return exc
+                self.dispatcher.ejector.eject(dispatched.endpoint, f"gRPC unreachable: {exc.details()}")
+                endpoints = [e for e in endpoints if e.replica_id != dispatched.endpoint.replica_id]
+                if not endpoints:
                     return exc
             finally:
                 self.channels.release(entry)
-                placement.release()
+                dispatched.release()
 
 
 class _Handler(grpc.GenericRpcHandler):

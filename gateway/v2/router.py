@@ -6,13 +6,14 @@ import logging
 from typing import TYPE_CHECKING
 
 from gateway.asgi import Receive, Scope, Send
+from gateway.dispatch import Dispatcher
 from gateway.fastpath import GatewayApp
 from gateway.v2.auth import V2KeyCheck
-from gateway.v2.dispatch import Dispatcher, V2Deps
 from gateway.v2.errors import send_v2_error
 from gateway.v2.paths import is_v1_call, v1_target, v2_target
 from gateway.v2.proxy import V2Proxy
 from gateway.v2.server import PATHS, ServerRoutes
+from gateway.v2.services import V2Services
 from llmserve.protocol.errors import ServingError
 
 if TYPE_CHECKING:
@@ -42,22 +43,22 @@ def _v1_call(scope: Scope) -> bool:
     return scope["method"] == "POST" and is_v1_call(scope["path"])
 
 
-def attach_router(app: GatewayApp, deps: V2Deps) -> None:
+def attach_router(app: GatewayApp, dispatcher: Dispatcher) -> None:
     """Serve /v2/... (any method) and POST /v1/models/{name}:predict|:explain on the fast path."""
-    dispatcher = Dispatcher(deps)
-    v2 = V2Routes(ServerRoutes(dispatcher), V2Proxy(deps, dispatcher, v2_target))
+    services = V2Services(dispatcher.endpoints)
+    v2 = V2Routes(ServerRoutes(services), V2Proxy(dispatcher, services, v2_target))
     app.add_fast_prefix("/v2", v2, key_check=V2KeyCheck)
-    v1 = V2Proxy(deps, dispatcher, v1_target)
+    v1 = V2Proxy(dispatcher, services, v1_target)
     app.add_fast_prefix("/v1/models/", v1, accept=_v1_call, key_check=V2KeyCheck)
 
 
-async def start_grpc(deps: V2Deps) -> GrpcProxy | None:
+async def start_grpc(dispatcher: Dispatcher) -> GrpcProxy | None:
     """The gateway's gRPC server on `settings.grpc_port`, started; None when the port is 0 (off).
 
     gRPC is a second door: if it cannot open (grpcio missing, port taken), the error is logged and the gateway
     serves HTTP without it rather than not at all.
     """
-    settings = deps.settings
+    settings = dispatcher.deps.settings
     if not settings.grpc_port:
         return None
     try:
@@ -65,7 +66,7 @@ async def start_grpc(deps: V2Deps) -> GrpcProxy | None:
     except ImportError as exc:
         log.error("gateway gRPC is off: %s (it needs the v2 extra: pip install 'llmserve[v2]')", exc)
         return None
-    proxy = GrpcProxy(deps)
+    proxy = GrpcProxy(dispatcher)
     try:
         await proxy.start(settings.host, settings.grpc_port)
     except RuntimeError as exc:

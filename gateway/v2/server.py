@@ -8,8 +8,8 @@ import orjson
 
 import llmserve
 from gateway.asgi import Receive, Scope, Send, send_bytes, send_json
-from gateway.v2.dispatch import Dispatcher
 from gateway.v2.errors import method_not_allowed
+from gateway.v2.services import V2Services
 from llmserve.protocol.errors import ServingError
 
 NAME = "llmserve"
@@ -26,8 +26,8 @@ def not_ready_message(waiting: list[str]) -> str:
 class ServerRoutes:
     """ASGI app for PATHS (GET only)."""
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self.dispatcher = dispatcher
+    def __init__(self, services: V2Services) -> None:
+        self.services = services
         self._metadata = orjson.dumps({"name": NAME, "version": VERSION, "extensions": list(EXTENSIONS)})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -37,7 +37,7 @@ class ServerRoutes:
         if path == "/v2/health/live":
             await send_json(send, 200, {"live": True})
         elif path == "/v2/health/ready":
-            waiting = self.dispatcher.waiting_services()
+            waiting = self.services.waiting_services()
             if waiting:
                 raise ServingError(503, not_ready_message(waiting))
             await send_json(send, 200, {"ready": True})

@@ -26,7 +26,7 @@ def stack() -> Iterator[Stack]:
 
 
 def held(stack: Stack) -> int:
-    return int(stack.on_loop(stack.gateway.server.config.app.state.activator.held, "cold"))  # type: ignore[arg-type]
+    return int(stack.on_loop(stack.parts.activator.held, "cold"))  # type: ignore[arg-type]
 
 
 def publish_cold(stack: Stack) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -187,17 +188,25 @@ def test_stream_broken_mid_way_ends_with_an_error_frame(stack: Stack, client: op
         list(client.chat.completions.create(model="break-stream", messages=MESSAGES, stream=True, max_tokens=10))
 
 
-def test_unreachable_replica_fails_over_then_502() -> None:
-    with gateway_stack(workers=1, settings=GatewaySettings(default_routing_profile="round-robin")) as s:
+def test_unreachable_replica_is_ejected_and_never_a_502() -> None:
+    settings = GatewaySettings(default_routing_profile="round-robin", activator_timeout_s=30)
+    with gateway_stack(workers=1, settings=settings) as s:
         dead = Endpoint(service="m", replica_id="m-dead", url="http://127.0.0.1:9")
         s.on_loop(s.registry.publish, dead)
-        for _ in range(4):  # round-robin hits the dead one half of the time; each is retried elsewhere
+        for _ in range(4):  # the dead one is tried at most once: refused, ejected, the request goes elsewhere
             response = httpx.post(f"{s.url}/v1/chat/completions", json={"model": "m", "messages": MESSAGES})
             assert response.status_code == 200
+        assert [e.replica_id for e in s.on_loop(s.parts.endpoints.ready_endpoints, "m")] == ["m-0"]  # type: ignore[attr-defined]
+        live = s.registry.ready_endpoints("m")[0]
         s.on_loop(s.registry.unpublish, "m", "m-0")
-        response = httpx.post(f"{s.url}/v1/chat/completions", json={"model": "m", "messages": MESSAGES})
-        assert response.status_code == 502
-        assert "cannot connect" in response.json()["error"]["message"]
+        # Only the dead replica is listed now: a request waits for a live one instead of failing.
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(
+                httpx.post, f"{s.url}/v1/chat/completions", json={"model": "m", "messages": MESSAGES}, timeout=30
+            )
+            assert eventually(lambda: s.on_loop(s.parts.activator.held, "m") == 1)
+            s.on_loop(s.registry.publish, live)
+            assert waiting.result().status_code == 200
 
 
 def test_embeddings_are_forwarded(client: openai.OpenAI) -> None:

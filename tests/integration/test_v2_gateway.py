@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
-from gateway.app import create_app
-from gateway.fastpath import GatewayApp
+from gateway.app import Gateway as GatewayParts
+from gateway.app import build_gateway
 from gateway.settings import GatewaySettings
 from llmserve.endpoints import Endpoint, EndpointRegistry, ServiceInfo
 from llmserve.protocol.v2_grpc import open_inference_grpc_pb2 as pb
@@ -62,17 +62,13 @@ def runtimes(iris: TrainedModel, tmp_path_factory: pytest.TempPathFactory) -> It
 @dataclass
 class Gateway:
     server: ServerThread
-    app: GatewayApp
+    parts: GatewayParts
     registry: EndpointRegistry
     grpc_target: str
 
     @property
     def url(self) -> str:
         return self.server.url
-
-    @property
-    def state(self) -> Any:
-        return self.app.state
 
     def on_loop(self, fn: Any, *args: Any) -> Any:
         return self.server.call(fn, *args)
@@ -88,9 +84,9 @@ def gateway(settings: GatewaySettings, runtimes: list[RuntimeProcess], *extra: S
         registry.declare_service(info)
     for i, runtime in enumerate(runtimes):
         registry.publish(Endpoint("iris", f"iris-{i}", runtime.url, runtime.grpc_target))
-    app = create_app(settings, registry)
-    with serving(app) as server:
-        yield Gateway(server, app, registry, f"127.0.0.1:{settings.grpc_port}")
+    parts = build_gateway(settings, registry)
+    with serving(parts.app) as server:
+        yield Gateway(server, parts, registry, f"127.0.0.1:{settings.grpc_port}")
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +260,7 @@ def _served(runtime: RuntimeProcess) -> float:
 
 def test_requests_are_spread_counted_and_metered(gw: Gateway, runtimes: list[RuntimeProcess]) -> None:
     before = [_served(r) for r in runtimes]
-    arrived = gw.on_loop(lambda: gw.state.demand.demand("iris").arrived)
+    arrived = gw.on_loop(lambda: gw.parts.ledger.demand("iris").arrived)
     with httpx.Client(base_url=gw.url, timeout=30) as http, ThreadPoolExecutor(8) as pool:
         rest = list(pool.map(lambda _: http.post("/v2/models/iris/infer", json=GOOD).status_code, range(24)))
         grpc_answers = list(pool.map(lambda _: grpc_infer(gw.grpc_target, "iris"), range(8)))
@@ -278,10 +274,10 @@ def test_requests_are_spread_counted_and_metered(gw: Gateway, runtimes: list[Run
     served = [_served(r) - b for r, b in zip(runtimes, before, strict=True)]
     assert all(n >= 4 for n in served), served  # least-request, ties in turn: both replicas work
     assert sum(served) == 24 + 8 + 1 + 1  # infer, gRPC, :predict, explain
-    demand = gw.on_loop(lambda: gw.state.demand.demand("iris"))
+    demand = gw.on_loop(lambda: gw.parts.ledger.demand("iris"))
     assert demand.arrived - arrived == 24 + 8 + 4
     assert demand.in_flight == 0
-    loads = gw.on_loop(lambda: [load.in_flight for load in gw.state.scheduler.board.loads.values()])
+    loads = gw.on_loop(lambda: [load.in_flight for load in gw.parts.ledger.loads.values()])
     assert loads
     assert all(n == 0 for n in loads)
     metrics = httpx.get(f"{gw.url}/metrics").text
@@ -318,7 +314,7 @@ def test_held_at_zero_then_answered_once_a_replica_is_published(gw: Gateway, run
     gw.on_loop(gw.registry.on_wake, woken.append)
 
     def held() -> int:
-        return int(gw.on_loop(gw.state.activator.held, "cold"))
+        return int(gw.on_loop(gw.parts.activator.held, "cold"))
 
     try:
         with ThreadPoolExecutor(2) as pool:
@@ -349,21 +345,22 @@ def test_no_replica_by_the_deadline_is_503_with_retry_after(keyed: Gateway, sche
     assert unknown.code() is grpc.StatusCode.NOT_FOUND
     ghost = pb.ModelReadyRequest(name="ghost")  # polled, so answered like the runtime: not ready
     assert not grpc_call(keyed.grpc_target, "ModelReady", ghost, pb.ModelReadyResponse, KEY).ready
-    assert keyed.on_loop(keyed.state.activator.held, "cold") == 0
+    assert keyed.on_loop(keyed.parts.activator.held, "cold") == 0
 
 
 def test_an_unreachable_replica_is_skipped_and_its_channel_closed(gw: Gateway) -> None:
     dead = Endpoint("iris", "iris-dead", f"http://127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}")
     gw.on_loop(gw.registry.publish, dead)
     try:
+        assert all(grpc_infer(gw.grpc_target, "iris").model_name == "iris" for _ in range(6))
+        listed = gw.on_loop(gw.parts.endpoints.ready_endpoints, "iris")
+        assert "iris-dead" not in [e.replica_id for e in listed]  # tried once, ejected
+        assert "iris-dead" not in gw.on_loop(gw.parts.grpc.channels.replicas)  # and its channel closed
         with httpx.Client(base_url=gw.url, timeout=30) as http:
             assert [http.post("/v2/models/iris/infer", json=GOOD).status_code for _ in range(9)] == [200] * 9
-        assert all(grpc_infer(gw.grpc_target, "iris").model_name == "iris" for _ in range(6))
-        assert "iris-dead" in gw.on_loop(gw.state.grpc_proxy.channels.replicas)
     finally:
         gw.on_loop(gw.registry.unpublish, "iris", "iris-dead")
-    assert "iris-dead" not in gw.on_loop(gw.state.grpc_proxy.channels.replicas)
-    assert gw.on_loop(lambda: sum(load.in_flight for load in gw.state.scheduler.board.loads.values())) == 0
+    assert gw.on_loop(lambda: sum(load.in_flight for load in gw.parts.ledger.loads.values())) == 0
 
 
 def test_a_client_gone_while_held_leaves_the_queue(gw: Gateway) -> None:
@@ -379,12 +376,12 @@ def test_a_client_gone_while_held_leaves_the_queue(gw: Gateway) -> None:
     thread.start()
     thread.join(5)
     assert gone.is_set()
-    assert eventually(lambda: gw.on_loop(gw.state.activator.held, "cold") == 0)
+    assert eventually(lambda: gw.on_loop(gw.parts.activator.held, "cold") == 0)
 
 
 def test_a_grpc_port_in_use_leaves_http_serving(gw: Gateway, runtimes: list[RuntimeProcess]) -> None:
     taken = int(gw.grpc_target.rsplit(":", 1)[1])
     with gateway(GatewaySettings(grpc_port=taken), runtimes) as second:
-        assert second.state.grpc_proxy is None  # logged as an error; HTTP goes on
+        assert second.parts.grpc is None  # logged as an error; HTTP goes on
         assert httpx.post(f"{second.url}/v2/models/iris/infer", json=GOOD).status_code == 200
     assert grpc_infer(gw.grpc_target, "iris").model_name == "iris"  # the port's owner still answers

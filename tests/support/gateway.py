@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
-from gateway.app import create_app
+from gateway.app import Gateway, build_gateway
 from gateway.settings import GatewaySettings
 from llmserve.endpoints import Endpoint, EndpointRegistry, ServiceInfo
 from tests.support.fake_worker import FakeWorker
@@ -17,6 +17,7 @@ from tests.support.servers import ServerThread, serving
 class Stack:
     gateway: ServerThread
     registry: EndpointRegistry
+    parts: Gateway
     workers: list[FakeWorker] = field(default_factory=list)
     worker_servers: list[ServerThread] = field(default_factory=list)
 
@@ -42,6 +43,6 @@ def gateway_stack(
             registry.declare_service(ServiceInfo(name=model, model_name=model))
             for i, server in enumerate(servers):
                 registry.publish(Endpoint(service=model, replica_id=f"{model}-{i}", url=server.url))
-        app = create_app(settings or GatewaySettings(), registry)
-        gateway = stack.enter_context(serving(app))
-        yield Stack(gateway=gateway, registry=registry, workers=fakes, worker_servers=servers)
+        parts = build_gateway(settings or GatewaySettings(), registry)
+        gateway = stack.enter_context(serving(parts.app))
+        yield Stack(gateway=gateway, registry=registry, parts=parts, workers=fakes, worker_servers=servers)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from gateway.dispatch import Dispatcher
 from gateway.fastpath import GatewayApp
-from gateway.openai.proxy import ProxyDeps, add_proxy_route
+from gateway.openai.proxy import add_proxy_route
 from llmserve.protocol.openai import ChatCompletionRequest
 
 
-def attach_router(app: GatewayApp, deps: ProxyDeps) -> None:
-    add_proxy_route(app, "chat_completions", "/v1/chat/completions", ChatCompletionRequest, deps)
+def attach_router(app: GatewayApp, dispatcher: Dispatcher) -> None:
+    add_proxy_route(app, "chat_completions", "/v1/chat/completions", ChatCompletionRequest, dispatcher)

@@ -3,8 +3,8 @@ from __future__ import annotations
 import random
 from array import array
 
+from gateway.ledger import LoadLedger
 from gateway.routing.base import RouteContext
-from gateway.routing.load import LoadBoard
 from gateway.routing.profiles import BUILTIN, build_profile, load_profiles
 from gateway.routing.scheduler import Scheduler
 from gateway.routing.tokens import PromptTokens
@@ -18,10 +18,10 @@ DOCUMENT = "A long shared document. " * 200
 
 def scheduler(profile: str = "token-aware", clock: float = 100.0) -> Scheduler:
     profiles = load_profiles(rng=random.Random(1), clock=lambda: clock)
-    board = LoadBoard()
+    ledger = LoadLedger()
     for endpoint in ENDPOINTS:
-        board.record_scrape(endpoint, Scraped(block_size=16), now=clock)
-    return Scheduler(profiles, board, PromptTokens(), default_profile=profile)
+        ledger.record_scrape(endpoint, Scraped(block_size=16), now=clock)
+    return Scheduler(profiles, ledger, PromptTokens(), default_profile=profile)
 
 
 def ctx(content: str, session: str | None = None, max_tokens: int = 10) -> RouteContext:
@@ -62,18 +62,21 @@ async def test_imbalance_cap_overrides_affinity() -> None:
 async def test_in_flight_accounting() -> None:
     sched = scheduler("least-request")
     assignment = await sched.assign(ctx("hi", max_tokens=100), ENDPOINTS)
-    load = sched.board.get(assignment.endpoint)
+    load = sched.ledger.load(assignment.endpoint)
     assert load.in_flight == 1
     assert load.in_flight_tokens == assignment.tokens >= 100
+    service = sched.ledger.demand("svc")
+    assert (service.in_flight, service.in_flight_tokens) == (1, assignment.tokens)  # counted from dispatch on
     assignment.release()
     assignment.release()  # idempotent
     assert (load.in_flight, load.in_flight_tokens) == (0, 0)
+    assert sched.ledger.demand("svc").in_flight == 0
 
 
 async def test_least_request_balances() -> None:
     sched = scheduler("least-request")
     held = [await sched.assign(ctx("x"), ENDPOINTS) for _ in range(8)]
-    assert sorted(sched.board.get(e).in_flight for e in ENDPOINTS) == [2, 2, 2, 2]
+    assert sorted(sched.ledger.load(e).in_flight for e in ENDPOINTS) == [2, 2, 2, 2]
     for assignment in held:
         assignment.release()
 
@@ -96,11 +99,10 @@ async def test_failing_plugin_fails_open_to_least_loaded() -> None:
 
     profile = build_profile("broken", BUILTIN["least-request"])
     profile.scorers.append((Broken(), 1.0))  # type: ignore[arg-type]
-    board = LoadBoard()
-    board.started(ENDPOINTS[0], 10)
-    board.started(ENDPOINTS[1], 10)
-    board.started(ENDPOINTS[3], 10)
-    sched = Scheduler({"broken": profile}, board, default_profile="broken")
+    ledger = LoadLedger()
+    for endpoint in (ENDPOINTS[0], ENDPOINTS[1], ENDPOINTS[3]):
+        ledger.dispatch(endpoint, 10)
+    sched = Scheduler({"broken": profile, "least-request": profile}, ledger, default_profile="broken")
     assignment = await sched.assign(ctx("x"), ENDPOINTS)
     assert assignment.endpoint == ENDPOINTS[2]
 

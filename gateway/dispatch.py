@@ -1,0 +1,205 @@
+"""One way to dispatch a request to a replica, for every protocol on HTTP (OpenAI and V2).
+
+`Dispatcher.send` places a request on a ready replica of its service (the scheduler chooses; the load ledger counts
+it from that moment until it is released) and sends it. With no ready replica the request waits in the activator. A
+replica the request never reached (connection refused or reset before any byte) is ejected on this gateway and the
+request goes to another replica, or waits in the activator until one is ready again: nothing that reached a worker is
+sent twice. A worker that answers that its engine is dead is ejected too, and the client gets the gateway's 502.
+
+`Exchange` is the client's side of one request, the skeleton both proxies share: how a failure becomes a response
+(before the response started, or as one error frame after), client disconnects (499; the upstream is aborted), and
+unexpected errors (500, logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from gateway.activator import Activator, KeepAlive
+from gateway.asgi import ClientDisconnected, Receive, Scope, Send, header
+from gateway.ejection import Ejector
+from gateway.ledger import Dispatched, LoadLedger
+from gateway.metrics import GatewayMetrics
+from gateway.routing import RouteContext, Scheduler
+from gateway.settings import GatewaySettings
+from gateway.streaming import DisconnectWatch
+from gateway.upstream import Headers, UpstreamError, UpstreamPool, UpstreamResponse
+from llmserve.endpoints import Endpoint, EndpointReader
+from llmserve.protocol.errors import ServingError
+
+log = logging.getLogger("llmserve.gateway")
+
+UNKNOWN_MODEL = "__unknown__"  # metrics label for requests naming no served model (bounded cardinality)
+CLIENT_CLOSED = 499
+_ID_PREFIX = os.urandom(6).hex()
+_ID_COUNTER = itertools.count(1)
+# What vLLM answers (HTTP 500) once its engine core has died; the replica will not recover by itself.
+_ENGINE_DEAD = (b"EngineCore encountered an issue", b"EngineDeadError", b"Engine loop is not running")
+
+
+def next_request_id() -> bytes:
+    """Unique per process start (random prefix) and cheap (a counter): no uuid4 on the hot path."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):010x}".encode()
+
+
+def engine_dead(status: int, body: bytes) -> bool:
+    """Whether a worker's error response says its engine is dead (vLLM's EngineDeadError)."""
+    return status >= 500 and any(marker in body for marker in _ENGINE_DEAD)
+
+
+@dataclass(frozen=True)
+class DispatchDeps:
+    """What dispatching needs; built once by create_app."""
+
+    endpoints: EndpointReader  # ready endpoints, ejected replicas left out
+    scheduler: Scheduler
+    ledger: LoadLedger
+    pool: UpstreamPool
+    activator: Activator
+    ejector: Ejector
+    metrics: GatewayMetrics
+    settings: GatewaySettings
+
+
+@dataclass(slots=True)
+class Outbound:
+    """The request as it goes to a replica."""
+
+    method: bytes
+    path: bytes
+    headers: Headers
+    body: bytes
+
+
+class Dispatcher:
+    def __init__(self, deps: DispatchDeps) -> None:
+        self.deps = deps
+        self.endpoints = deps.endpoints
+        self.scheduler = deps.scheduler
+        self.ledger = deps.ledger
+        self.pool = deps.pool
+        self.activator = deps.activator
+        self.ejector = deps.ejector
+        self.header_timeout = deps.settings.upstream_header_timeout
+        self.retry_after_s = deps.settings.retry_after_seconds
+
+    async def ready(self, ctx: RouteContext, held_tokens: int, keepalive: KeepAlive | None) -> Sequence[Endpoint]:
+        """The service's ready replicas; with none, the request waits in the activator (503 on its deadline)."""
+        service = ctx.service.name
+        endpoints: Sequence[Endpoint] = self.endpoints.ready_endpoints(service)
+        if endpoints:
+            return endpoints
+        endpoints = await self.activator.wait_for_replica(service, held_tokens, keepalive)
+        if not endpoints:
+            raise ServingError.no_ready_replica(service, self.retry_after_s)
+        return endpoints
+
+    async def send(
+        self, ctx: RouteContext, outbound: Outbound, *, held_tokens: int = 0, keepalive: KeepAlive | None = None
+    ) -> tuple[UpstreamResponse, Dispatched]:
+        """Dispatch `outbound` to a replica of `ctx.service`: the worker's response (headers read) and the ledger's
+        record of the request (the caller releases it when the response has ended)."""
+        tried: set[tuple[str, str]] = set()
+        while True:
+            ready = await self.ready(ctx, held_tokens, keepalive)
+            endpoints = [e for e in ready if (e.replica_id, e.url) not in tried] or ready
+            dispatched = await self.scheduler.assign(ctx, endpoints)
+            endpoint = dispatched.endpoint
+            try:
+                response = await self.pool.request(
+                    endpoint.url,
+                    outbound.method,
+                    outbound.path,
+                    outbound.headers,
+                    outbound.body,
+                    header_timeout=self.header_timeout,
+                )
+                return response, dispatched
+            except UpstreamError as exc:
+                dispatched.release()
+                if not exc.retryable:  # the request may have reached the worker: never send it twice
+                    raise ServingError.upstream_failure(str(exc)) from None
+                if (endpoint.replica_id, endpoint.url) in tried:  # a second refusal from a re-published address
+                    raise ServingError.upstream_failure(str(exc)) from None
+                tried.add((endpoint.replica_id, endpoint.url))
+                log.info("replica %s unreachable (%s): ejected, request sent elsewhere", endpoint.replica_id, exc)
+                self.ejector.eject(endpoint, f"unreachable: {exc}")
+            except BaseException:
+                dispatched.release()
+                raise
+
+    def worker_error(self, endpoint: Endpoint, status: int, body: bytes) -> ServingError | None:
+        """A worker error the gateway answers itself: engine dead → the replica is ejected, 502 + Retry-After."""
+        if not engine_dead(status, body):
+            return None
+        log.warning("replica %s: engine dead (HTTP %d); ejected", endpoint.replica_id, status)
+        self.ejector.eject(endpoint, "engine dead")
+        return ServingError(
+            502,
+            "The model worker failed and is being replaced; retry the request.",
+            code="upstream_error",
+            headers={"retry-after": str(self.retry_after_s)},
+        )
+
+
+ErrorSender = Callable[[ServingError], Awaitable[None]]
+
+
+class Exchange:
+    """One client request through the gateway: what both protocols' proxies share.
+
+    `run(handle, send_error)` runs the protocol's handler and turns every way it can end into the right
+    response and status: a ServingError is sent with `send_error` (the protocol's envelope, or an error frame once
+    a stream started), a client that disconnects ends as 499 with its upstream aborted, anything else is a logged
+    500. `status`, `model` and `service` are what metrics record afterwards.
+    """
+
+    __slots__ = ("model", "receive", "request_id", "scope", "send", "started", "status", "watch")
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.started = time.perf_counter()
+        self.request_id = header(scope, b"x-request-id") or next_request_id()
+        self.watch = DisconnectWatch(receive)
+        self.status = 500
+        self.model = UNKNOWN_MODEL
+
+    @property
+    def echo(self) -> list[tuple[bytes, bytes]]:
+        """Headers every response carries."""
+        return [(b"x-request-id", self.request_id)]
+
+    async def run(self, handle: Callable[[], Awaitable[int]], send_error: ErrorSender) -> None:
+        try:
+            self.status = await handle()
+        except ServingError as err:
+            self.status = err.status
+            await send_error(err)
+        except ClientDisconnected:
+            self.status = CLIENT_CLOSED
+        except asyncio.CancelledError:
+            if not self.watch.gone:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            self.status = CLIENT_CLOSED
+        except Exception:
+            log.exception("unhandled error on %s %s", self.scope["method"], self.scope["path"])
+            self.status = 500
+            with contextlib.suppress(Exception):  # fails if the response had started: nothing more to say then
+                await send_error(ServingError(500, "Internal error in the gateway."))
+        finally:
+            self.watch.stop()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started

@@ -1,0 +1,145 @@
+"""Replicas this gateway has stopped sending requests to, and the endpoint view that leaves them out.
+
+A replica is taken out of rotation here, at once and without waiting for the controller, when a request could not
+reach it (connection refused or reset before any byte: it is gone or going) or when it answered that its engine is
+dead. It comes back when the controller publishes it again at another address (it was restarted), when it is no
+longer published at all, or when its ejection time is over (then one request tries it again; failing again ejects it
+for twice as long). The controller is told (`on_eject`), so that it checks the replica and replaces it.
+
+`EjectingView` is the `EndpointReader` the rest of the data plane reads: the watched endpoints minus the ejected
+ones, cached per service so that the hot path stays a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from llmserve.endpoints import Endpoint, EndpointReader, Listener, ServiceInfo
+
+OnEject = Callable[[Endpoint, str], None]
+
+
+@dataclass(slots=True)
+class _Ejection:
+    url: str
+    until: float
+    times: int
+    reason: str
+
+
+class Ejector:
+    """Which replicas are out of rotation, and until when (an injected clock; no timers of its own)."""
+
+    def __init__(
+        self,
+        *,
+        base_s: float = 5.0,
+        max_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_eject: OnEject | None = None,
+    ) -> None:
+        self.base_s = base_s
+        self.max_s = max_s
+        self.clock = clock
+        self.on_eject = on_eject
+        self._ejected: dict[str, _Ejection] = {}  # by replica id
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        """`listener(service)` after a replica of `service` was ejected, and when that ejection is over."""
+        self._listeners.append(listener)
+
+    def eject(self, endpoint: Endpoint, reason: str) -> None:
+        previous = self._ejected.get(endpoint.replica_id)
+        times = previous.times + 1 if previous is not None and previous.url == endpoint.url else 1
+        duration = min(self.base_s * 2 ** (times - 1), self.max_s)
+        now = self.clock()
+        self._ejected[endpoint.replica_id] = _Ejection(endpoint.url, now + duration, times, reason)
+        for replica_id in [r for r, e in self._ejected.items() if e.until + self.max_s < now]:
+            del self._ejected[replica_id]  # long over: keep the table small
+        self._notify(endpoint.service)
+        self._call_when_over(endpoint.service, duration)
+        if self.on_eject is not None:
+            self.on_eject(endpoint, reason)
+
+    def _notify(self, service: str) -> None:
+        for listener in self._listeners:
+            listener(service)
+
+    def _call_when_over(self, service: str, delay_s: float) -> None:
+        """Tell listeners again when the ejection is over (requests held for the service may use it again)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a unit test driving the clock): the reader checks the clock on read
+            return
+        loop.call_later(delay_s, self._notify, service)
+
+    def ejected(self, endpoint: Endpoint) -> bool:
+        entry = self._ejected.get(endpoint.replica_id)
+        return entry is not None and entry.url == endpoint.url and self.clock() < entry.until
+
+    def next_expiry(self) -> float | None:
+        """When the earliest ejection ends (clock time), if any is active."""
+        now = self.clock()
+        active = [e.until for e in self._ejected.values() if e.until > now]
+        return min(active) if active else None
+
+    def forget(self, replica_id: str) -> None:
+        self._ejected.pop(replica_id, None)
+
+    def describe(self) -> list[dict[str, object]]:
+        now = self.clock()
+        return [
+            {"replica": rid, "url": e.url, "reason": e.reason, "times": e.times, "remaining_s": round(e.until - now, 1)}
+            for rid, e in self._ejected.items()
+            if e.until > now
+        ]
+
+
+class EjectingView:
+    """An EndpointReader: `source`'s ready endpoints minus the ejected ones.
+
+    The filtered tuple of a service is cached until the source changes, an ejection happens, or the earliest
+    ejection ends (checked on read against the clock)."""
+
+    def __init__(self, source: EndpointReader, ejector: Ejector) -> None:
+        self.source = source
+        self.ejector = ejector
+        self._cache: dict[str, tuple[Endpoint, ...]] = {}
+        self._valid_until: float | None = None
+        self._listeners: list[Listener] = []
+        source.subscribe(self._changed)
+        ejector.subscribe(self._changed)
+
+    def resolve_model(self, model_name: str) -> ServiceInfo | None:
+        return self.source.resolve_model(model_name)
+
+    def services(self) -> list[ServiceInfo]:
+        return self.source.services()
+
+    def ready_endpoints(self, service: str) -> tuple[Endpoint, ...]:
+        until = self._valid_until
+        if until is not None and self.ejector.clock() >= until:
+            self._cache.clear()
+            self._valid_until = self.ejector.next_expiry()
+        cached = self._cache.get(service)
+        if cached is None:
+            every = self.source.ready_endpoints(service)
+            cached = tuple(e for e in every if not self.ejector.ejected(e))
+            self._cache[service] = cached
+        return cached
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def wake(self, service: str) -> None:
+        self.source.wake(service)
+
+    def _changed(self, service: str) -> None:
+        self._cache.pop(service, None)
+        self._valid_until = self.ejector.next_expiry()
+        for listener in self._listeners:
+            listener(service)
