@@ -13,17 +13,33 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from controller.backends import Backend, ReplicaProcess
 from controller.settings import ControllerSettings
-from llmserve.endpoints import Endpoint, EndpointWriter
+from llmserve.endpoints import Endpoint
 from llmserve.workers import WorkerPlan
 
 log = logging.getLogger("llmserve.controller")
 
 HealthCheck = Callable[[str, float], Awaitable[bool]]  # (url, timeout) -> healthy
 BusyProbe = Callable[[str], Awaitable[float | None]]  # (replica url) -> requests running + waiting, None: unknown
+
+
+class Publisher(Protocol):
+    """Where a replica's endpoint goes while it is ready (the controller decides what gateways see)."""
+
+    def publish(self, endpoint: Endpoint) -> None: ...
+
+    def unpublish(self, service: str, replica_id: str) -> None: ...
+
+
+class Journal(Protocol):
+    """Where replicas that outlive the controller are written down, for the next controller to adopt."""
+
+    def launched(self, replica: Replica, handle: dict[str, Any]) -> None: ...
+
+    def ended(self, replica: Replica) -> None: ...
 
 
 class ReplicaState(enum.StrEnum):
@@ -40,17 +56,21 @@ class ReplicaRecord:
 
     replica_id: str
     state: ReplicaState = ReplicaState.STARTING
+    revision: str = ""
     url: str | None = None
     pid: int | None = None
     restarts: int = 0
     started_at: float | None = None
     ready_at: float | None = None
     last_exit: str | None = None
+    adopted: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.replica_id,
+            "revision": self.revision,
             "state": self.state.value,
+            "adopted": self.adopted,
             "url": self.url,
             "pid": self.pid,
             "restarts": self.restarts,
@@ -67,17 +87,22 @@ class Replica:
         service: str,
         plan: WorkerPlan,
         backend: Backend,
-        registry: EndpointWriter,
+        publisher: Publisher,
         settings: ControllerSettings,
         health: HealthCheck,
         on_ready: Callable[[], None] | None = None,
         busy: BusyProbe | None = None,
+        *,
+        revision: str = "",
+        journal: Journal | None = None,
     ) -> None:
         self.service = service
+        self.revision = revision
         self.plan = plan
-        self.record = ReplicaRecord(replica_id)
+        self.record = ReplicaRecord(replica_id, revision=revision)
         self._backend = backend
-        self._registry = registry
+        self._publisher = publisher
+        self._journal = journal
         self._settings = settings
         self._health = health
         self._on_ready = on_ready
@@ -86,6 +111,9 @@ class Replica:
         self._process: ReplicaProcess | None = None
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._adopted: ReplicaProcess | None = None
+        self._detached = False
+        self._check_now = asyncio.Event()
 
     @property
     def replica_id(self) -> str:
@@ -95,8 +123,23 @@ class Replica:
     def ready(self) -> bool:
         return self.record.state is ReplicaState.READY
 
-    def start(self) -> None:
+    def start(self, adopted: ReplicaProcess | None = None) -> None:
+        """Supervise the replica: launch it, or take over `adopted` (a healthy process a previous controller
+        started) and serve it at once."""
+        self._adopted = adopted
+        self.record.adopted = adopted is not None
         self._task = asyncio.get_running_loop().create_task(self._supervise(), name=f"replica {self.replica_id}")
+
+    def check_now(self) -> None:
+        """A gateway could not use the replica: check its health now; one failed check restarts it."""
+        self._check_now.set()
+
+    async def detach(self) -> None:
+        """End supervision and leave the process running (a controller stopping with --keep-workers)."""
+        self._detached = True
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
@@ -105,7 +148,7 @@ class Replica:
         """Withdraw the endpoint, let requests in flight finish (up to `drain_s`), then stop the process (and
         its children) and end supervision."""
         self.record.state = ReplicaState.STOPPING
-        self._registry.unpublish(self.service, self.replica_id)
+        self._publisher.unpublish(self.service, self.replica_id)
         if drain_s > 0:
             await self._drain(drain_s)
         self._stopping.set()
@@ -137,11 +180,13 @@ class Replica:
                 self.record.last_exit = f"launch failed: {exc}"
                 log.error("replica %s: %s", self.replica_id, self.record.last_exit)
             finally:
-                self._registry.unpublish(self.service, self.replica_id)
+                self._publisher.unpublish(self.service, self.replica_id)
                 self._ready.clear()
-                if self._process is not None:
+                if self._process is not None and not self._detached:
                     await self._process.stop(settings.stop_grace_s)
-                    self._process = None
+                    if self._journal is not None:
+                        self._journal.ended(self)
+                self._process = None
             if self._stopping.is_set():
                 break
             if ran_ready_for >= settings.backoff_reset_after_s:
@@ -157,20 +202,30 @@ class Replica:
         record = self.record
         record.state = ReplicaState.STARTING
         record.ready_at = None
-        process = self._process = await self._backend.launch(self.replica_id, self.plan)
+        adopted, self._adopted = self._adopted, None
+        if adopted is not None:
+            process = self._process = adopted
+            log.info("replica %s adopted at %s (pid %s)", self.replica_id, process.url, process.pid)
+        else:
+            process = self._process = await self._backend.launch(self.replica_id, self.plan)
+            log.info("replica %s starting at %s (pid %s)", self.replica_id, process.url, process.pid)
+            record.adopted = False
         record.url, record.pid, record.started_at = process.url, process.pid, time.time()
-        log.info("replica %s starting at %s (pid %s)", self.replica_id, process.url, process.pid)
-        if not await self._await_healthy(process):
+        handle = process.handle()
+        if handle is not None and self._journal is not None:
+            self._journal.launched(self, handle)
+        if adopted is None and not await self._await_healthy(process):
             return 0.0
         record.state = ReplicaState.READY
         record.ready_at = time.time()
         log.info("replica %s ready after %.1f s", self.replica_id, record.ready_at - record.started_at)
-        self._registry.publish(
+        self._publisher.publish(
             Endpoint(
                 service=self.service,
                 replica_id=self.replica_id,
                 url=process.url,
                 grpc_address=process.grpc_address,
+                revision=self.revision,
             )
         )
         self._ready.set()
@@ -200,25 +255,35 @@ class Replica:
         health_url = process.url + self.plan.health_path
         failures = 0
         while not self._stopping.is_set():
-            await self._pause(settings.health_interval_s, process)
+            await self._pause(settings.health_interval_s, process, self._check_now)
             if self._stopping.is_set():
                 return
             if not process.running():
                 self.record.last_exit = f"exited with status {await process.wait()}"
                 return
+            suspected = self._check_now.is_set()
+            self._check_now.clear()
             if await self._health(health_url, settings.health_timeout_s):
                 failures = 0
                 continue
             failures += 1
-            if failures >= settings.health_failures_to_restart:
-                self.record.last_exit = f"failed {failures} health checks in a row"
+            if suspected or failures >= settings.health_failures_to_restart:
+                self.record.last_exit = (
+                    "a gateway could not use it and its health check failed"
+                    if suspected
+                    else f"failed {failures} health checks in a row"
+                )
                 return
 
-    async def _pause(self, seconds: float, process: ReplicaProcess | None = None) -> None:
-        """Sleep up to `seconds`, waking early on stop() or when `process` exits."""
+    async def _pause(
+        self, seconds: float, process: ReplicaProcess | None = None, poke: asyncio.Event | None = None
+    ) -> None:
+        """Sleep up to `seconds`, waking early on stop(), when `process` exits, or when `poke` is set."""
         waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stopping.wait())]
         if process is not None:
             waits.append(asyncio.ensure_future(process.wait()))
+        if poke is not None:
+            waits.append(asyncio.ensure_future(poke.wait()))
         try:
             await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:

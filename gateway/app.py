@@ -1,33 +1,132 @@
-"""create_app: the gateway as a FastAPI app, with every dependency passed in (tests build it with fakes)."""
+"""The gateway: its parts built from settings and an endpoint reader, every dependency passed in (tests build it
+with fakes). `build_gateway` returns the parts and the ASGI app; `create_app` just the app."""
 
 from __future__ import annotations
 
 import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
+from prometheus_client.registry import Collector
 
 from gateway import errors
 from gateway.activator import Activator, ActivatorSettings
-from gateway.demand import DemandTracker
+from gateway.dispatch import DispatchDeps, Dispatcher
+from gateway.ejection import EjectingView, Ejector, OnEject
 from gateway.fastpath import GatewayApp
 from gateway.health import attach_router as attach_health
-from gateway.metrics import GatewayMetrics
+from gateway.health.router import Readiness
+from gateway.ledger import LoadLedger
+from gateway.metrics import GatewayMetrics, LedgerCollector
 from gateway.openai.chat_completions import attach_router as attach_chat_completions
 from gateway.openai.completions import attach_router as attach_completions
 from gateway.openai.embeddings import attach_router as attach_embeddings
 from gateway.openai.models import attach_router as attach_models
-from gateway.openai.proxy import ProxyDeps
-from gateway.routing import LoadBoard, Scheduler, SignalScraper, load_profiles
+from gateway.routing import Scheduler, SignalScraper, load_profiles
 from gateway.settings import GatewaySettings
 from gateway.upstream import UpstreamPool
-from gateway.v2 import V2Deps, start_grpc
 from gateway.v2 import attach_router as attach_v2
+from gateway.v2 import start_grpc
 from llmserve.endpoints import EndpointReader
 
+if TYPE_CHECKING:
+    from gateway.v2.grpc_proxy import GrpcProxy
+
 AppExtension = Callable[[FastAPI], None]
+
+
+@dataclass
+class Gateway:
+    """The gateway's parts, for the code that composes it (the CLI) and for tests."""
+
+    app: GatewayApp
+    ledger: LoadLedger
+    scheduler: Scheduler
+    activator: Activator
+    ejector: Ejector
+    endpoints: EndpointReader  # the view every route reads: watched endpoints minus ejected replicas
+    metrics: GatewayMetrics
+    pool: UpstreamPool
+    grpc: GrpcProxy | None = field(default=None)  # set while serving, when settings.grpc_port is set
+
+
+def build_gateway(
+    settings: GatewaySettings,
+    endpoints: EndpointReader,
+    *,
+    ledger: LoadLedger | None = None,
+    scheduler: Scheduler | None = None,
+    metrics: GatewayMetrics | None = None,
+    on_eject: OnEject | None = None,
+    readiness: Readiness | None = None,
+    collectors: tuple[Collector, ...] = (),
+    extensions: tuple[AppExtension, ...] = (),
+) -> Gateway:
+    """The gateway. `on_eject` hears about replicas this gateway takes out of rotation (the CLI tells the
+    controller); `readiness` says why /ready must fail (the controller's first snapshot has not come); `collectors`
+    add metrics to /metrics; `extensions` may add routes."""
+    metrics = metrics or GatewayMetrics()
+    ledger = scheduler.ledger if scheduler is not None else (ledger or LoadLedger())
+    pool = UpstreamPool(
+        connect_timeout=settings.upstream_connect_timeout,
+        idle_timeout=settings.upstream_idle_timeout,
+    )
+    if scheduler is None:
+        profiles_dir = Path(settings.routing_profiles_dir) if settings.routing_profiles_dir else None
+        scheduler = Scheduler(load_profiles(profiles_dir), ledger, default_profile=settings.default_routing_profile)
+    ejector = Ejector(base_s=settings.ejection_base_s, on_eject=on_eject)
+    view = EjectingView(endpoints, ejector)
+    scraper = SignalScraper(view, ledger, pool, interval_s=settings.scrape_interval_s)
+    activator = Activator(
+        view,
+        ActivatorSettings(
+            queue_depth=settings.activator_queue_depth,
+            timeout_s=settings.activator_timeout_s,
+            keepalive_s=settings.activator_keepalive_s,
+            retry_after_s=settings.retry_after_seconds,
+        ),
+        ledger,
+        metrics,
+    )
+    dispatcher = Dispatcher(DispatchDeps(view, scheduler, ledger, pool, activator, ejector, metrics, settings))
+    metrics.registry.register(LedgerCollector(ledger, view))
+    for collector in collectors:
+        metrics.registry.register(collector)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Everything allocated so far (imports, the app) lives as long as the process: move it out of the
+        # collector's way, so full collections under load stay short (they showed as p99 spikes).
+        gc.collect()
+        gc.freeze()
+        scraper.start()
+        gateway.grpc = await start_grpc(dispatcher)  # None unless settings.grpc_port
+        yield
+        if gateway.grpc is not None:
+            await gateway.grpc.stop()
+        await scraper.stop()
+        await pool.close()
+
+    app = GatewayApp(
+        title="llmserve gateway",
+        lifespan=lifespan,
+        api_keys=[key.get_secret_value() for key in settings.api_keys],
+    )
+    errors.install_error_handlers(app)
+    attach_chat_completions(app, dispatcher)
+    attach_completions(app, dispatcher)
+    attach_embeddings(app, dispatcher)
+    attach_models(app, view)
+    attach_v2(app, dispatcher)
+    attach_health(app, view, metrics, readiness)
+    for extend in extensions:
+        extend(app)
+    gateway = Gateway(app, ledger, scheduler, activator, ejector, view, metrics, pool)
+    return gateway
 
 
 def create_app(
@@ -38,73 +137,5 @@ def create_app(
     metrics: GatewayMetrics | None = None,
     extensions: tuple[AppExtension, ...] = (),
 ) -> GatewayApp:
-    """The gateway app. `extensions` may add routes (the CLI adds the controller's admin API this way)."""
-    metrics = metrics or GatewayMetrics()
-    pool = UpstreamPool(
-        connect_timeout=settings.upstream_connect_timeout,
-        idle_timeout=settings.upstream_idle_timeout,
-    )
-    board = scheduler.board if scheduler is not None else LoadBoard()
-    if scheduler is None:
-        profiles_dir = Path(settings.routing_profiles_dir) if settings.routing_profiles_dir else None
-        scheduler = Scheduler(load_profiles(profiles_dir), board, default_profile=settings.default_routing_profile)
-    scraper = SignalScraper(endpoints, board, pool, interval_s=settings.scrape_interval_s)
-    demand = DemandTracker()
-    activator = Activator(
-        endpoints,
-        ActivatorSettings(
-            queue_depth=settings.activator_queue_depth,
-            timeout_s=settings.activator_timeout_s,
-            keepalive_s=settings.activator_keepalive_s,
-            retry_after_s=settings.retry_after_seconds,
-        ),
-        demand,
-        metrics,
-    )
-    v2_deps = V2Deps(endpoints, board, pool, metrics, settings, demand, activator)
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        # Everything allocated so far (imports, the app) lives as long as the process: move it out of the
-        # collector's way, so full collections under load stay short (they showed as p99 spikes).
-        gc.collect()
-        gc.freeze()
-        scraper.start()
-        grpc_proxy = await start_grpc(v2_deps)  # None unless settings.grpc_port
-        app.state.grpc_proxy = grpc_proxy
-        yield
-        if grpc_proxy is not None:
-            await grpc_proxy.stop()
-        await scraper.stop()
-        await pool.close()
-
-    app = GatewayApp(
-        title="llmserve gateway",
-        lifespan=lifespan,
-        api_keys=[key.get_secret_value() for key in settings.api_keys],
-    )
-    app.state.metrics = metrics
-    app.state.upstream_pool = pool
-    app.state.scheduler = scheduler
-    app.state.demand = demand
-    app.state.activator = activator
-    errors.install_error_handlers(app)
-
-    deps = ProxyDeps(
-        endpoints=endpoints,
-        scheduler=scheduler,
-        pool=pool,
-        metrics=metrics,
-        settings=settings,
-        demand=demand,
-        activator=activator,
-    )
-    attach_chat_completions(app, deps)
-    attach_completions(app, deps)
-    attach_embeddings(app, deps)
-    attach_models(app, endpoints)
-    attach_v2(app, v2_deps)
-    attach_health(app, endpoints, metrics)
-    for extend in extensions:
-        extend(app)
-    return app
+    """The gateway's ASGI app (see build_gateway for its parts)."""
+    return build_gateway(settings, endpoints, scheduler=scheduler, metrics=metrics, extensions=extensions).app

@@ -50,6 +50,24 @@ class GatewaySettings(BaseModel):
         default=5.0, gt=0, description="SSE comment interval for streaming requests held by the activator."
     )
 
+    ejection_base_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How long a replica that could not be reached (or whose engine died) is left out of rotation on "
+        "this gateway; doubled each time it happens again, at most 60 s. A restarted replica (a new address) is used "
+        "at once.",
+    )
+
     @property
     def session_header_bytes(self) -> bytes:
         return self.session_header.lower().encode()
+
+
+class ControlLinkSettings(BaseModel):
+    """How a gateway reaches its controller."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(default="http://127.0.0.1:8090", description="The controller's control API.")
+    token: SecretStr | None = Field(default=None, description="The control API's bearer token. Never logged.")
+    report_interval_s: float = Field(default=1.0, gt=0, description="How often demand is reported.")

@@ -1,30 +1,47 @@
-"""`llmserve`: up (gateway + controller + workers), pull, validate, status.
+"""`llmserve`: up, controller, gateway, apply, delete, get, status, pull, validate.
 
-Settings are parsed here, in main(), and passed down; nothing reads configuration at import time.
+Settings are parsed here, in main(), and passed down; nothing reads configuration at import time. This is the one
+module that composes the control plane (controller/) and the data plane (gateway/).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
 from llmserve.spec import InferenceService, SpecError, load_services
 from llmserve.storage import StorageError, pull, stderr_progress
 
+if TYPE_CHECKING:
+    from controller.backends import Backend
+    from controller.run import ControlPlane
+    from gateway.run import DataPlane
+    from gateway.settings import GatewaySettings
+
 log = logging.getLogger("llmserve")
+
+DEFAULT_CONTROL_PORT = 8090
+DEFAULT_STATE_DIR = Path(".llmserve/state")
+
+
+class UsageError(Exception):
+    """A command line that cannot be run as given."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
@@ -33,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         return int(args.handler(args))
-    except (SpecError, StorageError) as exc:
+    except (SpecError, StorageError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -46,46 +63,57 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser(
-        "up", help="run the gateway, the controller and the autoscaler; replicas run as child processes or Ray actors"
+        "up", help="run a controller and a gateway in one process (the embedded default); Ctrl-C stops everything"
     )
     up.add_argument("-f", "--file", default="configs/quickstart.yaml", help="InferenceService YAML")
-    up.add_argument("--host", default="127.0.0.1", help="gateway address (default: loopback only)")
-    up.add_argument("--port", type=int, default=8080, help="gateway port")
-    up.add_argument("--grpc-port", type=int, default=8081, help="gateway gRPC port for V2 services (0: off)")
-    up.add_argument(
-        "--api-key",
-        action="append",
-        default=[],
-        help="accepted bearer key (repeatable); also LLMSERVE_API_KEYS=k1,k2. None: no authentication",
-    )
-    up.add_argument("--max-body-bytes", type=int, default=10 * 1024 * 1024, help="largest request body")
-    up.add_argument("--log-dir", type=Path, default=Path(".llmserve/logs"), help="replica log files")
-    up.add_argument("--access-log", action="store_true", help="log every request")
-    up.add_argument(
-        "--routing-profiles", type=Path, default=None, help="directory of RoutingProfile YAML files (configs/routing)"
-    )
-    up.add_argument("--default-routing-profile", default="token-aware", help="for services that name none")
-    up.add_argument(
-        "--backend",
-        choices=("local", "ray"),
-        default="local",
-        help="where replicas run: child processes here, or Ray actors across machines",
-    )
-    up.add_argument(
-        "--ray-address",
-        default=None,
-        metavar="HOST:PORT",
-        help="GCS address of a Ray head (ray start --head); default: a private Ray on this machine",
-    )
-    up.add_argument(
-        "--warm-pool",
-        type=int,
-        default=0,
-        metavar="N",
-        help="local backend: keep N processes that have imported vLLM ready, so a vLLM replica (a scale-up, a "
-        "request at zero replicas) serves in seconds instead of a minute; ~750 MiB each while idle (default 0)",
-    )
+    _gateway_arguments(up)
+    _controller_arguments(up, default_port=DEFAULT_CONTROL_PORT, port_flag="--control-port")
     up.set_defaults(handler=_cmd_up)
+
+    ct = sub.add_parser("controller", help="run the control plane: workers, autoscaler, the control API")
+    ct.add_argument("-f", "--file", default=None, help="InferenceService YAML applied at start (optional)")
+    ct.add_argument("--host", default="127.0.0.1", help="control API address (non-loopback needs --token)")
+    _controller_arguments(ct, default_port=DEFAULT_CONTROL_PORT, port_flag="--port")
+    ct.add_argument(
+        "--keep-workers",
+        action="store_true",
+        help="on SIGTERM / Ctrl-C, leave the replicas running for the next controller to adopt",
+    )
+    ct.set_defaults(handler=_cmd_controller)
+
+    gw = sub.add_parser("gateway", help="run the data plane: the OpenAI / V2 gateway, following a controller")
+    gw.add_argument(
+        "--controller", default=None, help=f"control API URL (default http://127.0.0.1:{DEFAULT_CONTROL_PORT})"
+    )
+    gw.add_argument("--control-token", default=None, help="control token (default: $LLMSERVE_CONTROL_TOKEN, "
+                    "or the token file in --state-dir)")  # fmt: skip
+    gw.add_argument(
+        "--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="where a local controller keeps its token"
+    )
+    gw.add_argument("--workers", type=int, default=1, help="gateway processes sharing the port (SO_REUSEPORT)")
+    gw.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    _gateway_arguments(gw)
+    gw.set_defaults(handler=_cmd_gateway)
+
+    ap = sub.add_parser("apply", help="create or change the services of a file in a running controller")
+    ap.add_argument("-f", "--file", required=True, help="InferenceService YAML")
+    _client_arguments(ap)
+    ap.set_defaults(handler=_cmd_apply)
+
+    de = sub.add_parser("delete", help="remove a service from a running controller")
+    de.add_argument("name")
+    _client_arguments(de)
+    de.set_defaults(handler=_cmd_delete)
+
+    ge = sub.add_parser("get", help="services (or one), their revisions and replicas")
+    ge.add_argument("name", nargs="?")
+    ge.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    _client_arguments(ge)
+    ge.set_defaults(handler=_cmd_get)
+
+    st = sub.add_parser("status", help="services, replicas, the autoscaler's decisions, gateways, the warm pool")
+    _client_arguments(st)
+    st.set_defaults(handler=_cmd_status)
 
     pl = sub.add_parser("pull", help="fetch and prepare models into the cache")
     pl.add_argument("source", help="an InferenceService YAML file, or a storage URI")
@@ -96,12 +124,74 @@ def _parser() -> argparse.ArgumentParser:
     va.add_argument("file")
     va.add_argument("--routing-profiles", type=Path, default=None, help="directory of RoutingProfile YAML files")
     va.set_defaults(handler=_cmd_validate)
-
-    st = sub.add_parser("status", help="services and replicas of a running llmserve")
-    st.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
-    st.add_argument("--api-key", default=os.environ.get("LLMSERVE_API_KEY"), help="bearer key, if keys are on")
-    st.set_defaults(handler=_cmd_status)
     return parser
+
+
+def _gateway_arguments(parser: argparse.ArgumentParser) -> None:
+    if not any(a.dest == "host" for a in parser._actions):
+        parser.add_argument("--host", default="127.0.0.1", help="gateway address (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8080, help="gateway port")
+    parser.add_argument("--grpc-port", type=int, default=8081, help="gateway gRPC port for V2 services (0: off)")
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        help="accepted bearer key (repeatable); also LLMSERVE_API_KEYS=k1,k2. None: no authentication",
+    )
+    parser.add_argument("--max-body-bytes", type=int, default=10 * 1024 * 1024, help="largest request body")
+    parser.add_argument("--access-log", action="store_true", help="log every request")
+    parser.add_argument(
+        "--routing-profiles", type=Path, default=None, help="directory of RoutingProfile YAML files (configs/routing)"
+    )
+    parser.add_argument("--default-routing-profile", default="token-aware", help="for services that name none")
+
+
+def _controller_arguments(parser: argparse.ArgumentParser, *, default_port: int, port_flag: str) -> None:
+    parser.add_argument(port_flag, dest="control_port", type=int, default=default_port, help="control API port")
+    parser.add_argument("--token", default=None, help="control API bearer token (default: $LLMSERVE_CONTROL_TOKEN, "
+                        "else one generated into --state-dir)")  # fmt: skip
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="services, replica records, token")
+    parser.add_argument("--log-dir", type=Path, default=Path(".llmserve/logs"), help="replica log files")
+    parser.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="where replicas run: child processes here, or Ray actors across machines",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="GCS address of a Ray head (ray start --head); default: a private Ray on this machine",
+    )
+    parser.add_argument(
+        "--warm-pool",
+        type=int,
+        default=0,
+        metavar="N",
+        help="local backend: keep N processes that have imported vLLM ready, so a vLLM replica (a scale-up, a "
+        "request at zero replicas) serves in seconds instead of a minute; ~750 MiB each while idle (default 0)",
+    )
+    parser.add_argument(
+        "--adopt-grace",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="a replica that no controller owns stops itself after S seconds (a restarted controller adopts it first)",
+    )
+
+
+def _client_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--controller",
+        default=os.environ.get("LLMSERVE_CONTROLLER", f"http://127.0.0.1:{DEFAULT_CONTROL_PORT}"),
+        help="control API URL (also $LLMSERVE_CONTROLLER)",
+    )
+    parser.add_argument("--token", default=None, help="control token (default: $LLMSERVE_CONTROL_TOKEN, or the "
+                        "token file in --state-dir)")  # fmt: skip
+    parser.add_argument(
+        "--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="where a local controller keeps its token"
+    )
 
 
 # -- validate / pull ---------------------------------------------------------------------------------------------
@@ -154,53 +244,112 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- status ------------------------------------------------------------------------------------------------------
-def _cmd_status(args: argparse.Namespace) -> int:
-    import httpx
+# -- clients of a running controller -----------------------------------------------------------------------------
+def _client_token(explicit: str | None, state_dir: Path) -> str | None:
+    from controller.statedir import read_token
 
-    headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    return explicit or os.environ.get("LLMSERVE_CONTROL_TOKEN") or read_token(state_dir)
+
+
+def _call(args: argparse.Namespace, call: Callable[[Any], Awaitable[dict[str, Any]]]) -> dict[str, Any] | None:
+    from llmserve.control import ControlAPIError, ControlClient
+
+    async def run() -> dict[str, Any]:
+        client = ControlClient(args.controller, _client_token(args.token, args.state_dir))
+        try:
+            return await call(client)
+        finally:
+            await client.close()
+
     try:
-        response = httpx.get(f"{args.url}/admin/v1/services", headers=headers, timeout=5)
-    except httpx.HTTPError as exc:
-        print(f"error: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return asyncio.run(run())
+    except ControlAPIError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    source = Path(args.file)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"{source}: cannot read the file: {exc.strerror or exc}") from None
+    load_services(source)  # the same checks (and messages) before anything is sent
+    result = _call(args, lambda client: client.apply(text, str(source)))
+    if result is None:
         return 1
-    if response.status_code != 200:
-        print(f"error: HTTP {response.status_code}: {response.text}", file=sys.stderr)
+    for line in result.get("applied", []):
+        print(line)
+    return 0
+
+
+def _cmd_delete(args: argparse.Namespace) -> int:
+    result = _call(args, lambda client: client.delete(args.name))
+    if result is None:
         return 1
-    body = response.json()
+    print(f"{args.name}: deleted")
+    return 0
+
+
+def _cmd_get(args: argparse.Namespace) -> int:
+    result = _call(args, lambda client: client.get(args.name))
+    if result is None:
+        return 1
+    services = [result] if args.name else result.get("services", [])
+    if args.output == "json":
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return 0
+    for service in services:
+        _print_service(service)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    body = _call(args, lambda client: client.status())
+    if body is None:
+        return 1
     pool = (body.get("backend") or {}).get("warm_pool")
     if pool is not None:
         states = [p["state"] for p in pool["processes"]]
         summary = ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states)) or "empty"
         print(f"warm pool: size {pool['size']} ({summary})")
-    for service in body["services"]:
-        print(
-            f"{service['name']}  model={service['model']}  ready={service['ready_replicas']}"
-            f"/{service['desired_replicas']}  (min {service['min_replicas']}, max {service['max_replicas']})"
-            + (f"  pull error: {service['pull_error']}" if service["pull_error"] else "")
-        )
-        for replica in service["replicas"]:
-            print(
-                f"  {replica['id']:<24} {replica['state']:<9} {replica['url'] or '-':<24} "
-                f"pid={replica['pid']} restarts={replica['restarts']}"
-                + (f"  last exit: {replica['last_exit']}" if replica["last_exit"] else "")
-            )
+    gateways = body.get("gateways", [])
+    print(f"gateways reporting: {len(gateways)}" + (f" ({', '.join(g['id'] for g in gateways)})" if gateways else ""))
+    for service in body.get("services", []):
+        _print_service(service)
     return 0
 
 
-# -- up ----------------------------------------------------------------------------------------------------------
-def _cmd_up(args: argparse.Namespace) -> int:
+def _print_service(service: dict[str, Any]) -> None:
+    decision = service.get("autoscaler")
+    print(
+        f"{service['name']}  model={service['model']}  ready={service['ready_replicas']}"
+        f"/{service['desired_replicas']}  (min {service['min_replicas']}, max {service['max_replicas']})"
+        + (f"  autoscaler: {decision['mode']} -> {decision['desired']} ({decision['reason']})" if decision else "")
+        + (f"  pull error: {service['pull_error']}" if service.get("pull_error") else "")
+    )
+    for revision in service.get("revisions", []):
+        print(
+            f"  revision {revision['name']:<18} traffic={revision['traffic_percent']:>3}%  "
+            f"ready={revision['ready_replicas']}/{revision['replicas']}"
+            + (f"  failure: {revision['failure']}" if revision.get("failure") else "")
+        )
+    for replica in service.get("replicas", []):
+        print(
+            f"  {replica['id']:<24} {replica['state']:<9} {replica['url'] or '-':<24} "
+            f"pid={replica['pid']} restarts={replica['restarts']}"
+            + ("  adopted" if replica.get("adopted") else "")
+            + (f"  last exit: {replica['last_exit']}" if replica["last_exit"] else "")
+        )
+
+
+# -- the planes --------------------------------------------------------------------------------------------------
+def _gateway_settings(args: argparse.Namespace) -> GatewaySettings:
     from gateway.settings import GatewaySettings
 
-    services = load_services(args.file)
-    _check_routing(services, args.routing_profiles, args.default_routing_profile)
-    if args.warm_pool < 0:
-        raise SpecError(f"--warm-pool: {args.warm_pool} is not a pool size (0 or more)")
-    if args.warm_pool and args.backend != "local":
-        raise SpecError("--warm-pool: only the local backend keeps a warm pool")
     keys = [k for k in args.api_key if k]
     keys += [k.strip() for k in os.environ.get("LLMSERVE_API_KEYS", "").split(",") if k.strip()]
-    settings = GatewaySettings(
+    return GatewaySettings(
         host=args.host,
         port=args.port,
         grpc_port=args.grpc_port,
@@ -210,93 +359,199 @@ def _cmd_up(args: argparse.Namespace) -> int:
         routing_profiles_dir=str(args.routing_profiles) if args.routing_profiles else None,
         default_routing_profile=args.default_routing_profile,
     )
-    runner: Any = asyncio.run
+
+
+def _control_plane(args: argparse.Namespace, host: str) -> ControlPlane:
+    from controller.backends.local import Leases, LocalBackend
+    from controller.run import ControlPlane
+    from controller.settings import ControllerSettings
+    from controller.statedir import StateDir
+    from llmserve.serving import is_loopback
+
+    if args.warm_pool < 0:
+        raise UsageError(f"--warm-pool: {args.warm_pool} is not a pool size (0 or more)")
+    if args.warm_pool and args.backend != "local":
+        raise UsageError("--warm-pool: only the local backend keeps a warm pool")
+    explicit = args.token or os.environ.get("LLMSERVE_CONTROL_TOKEN")
+    if not is_loopback(host) and not explicit:
+        raise UsageError(
+            f"the control API on {host} would be reachable from other machines: give it a token "
+            "(--token or LLMSERVE_CONTROL_TOKEN), which gateways and the CLI then present"
+        )
+    state_dir = StateDir(args.state_dir)
+    token = explicit or state_dir.token()
+    settings = ControllerSettings(log_dir=args.log_dir, warm_pool_size=args.warm_pool)
+    backend: Backend
+    if args.backend == "ray":
+        from controller.backends.ray import RayBackend
+
+        backend = RayBackend(args.log_dir)
+    else:
+        pool = None
+        if settings.warm_pool_size > 0:
+            from llmserve.workers.warm import WarmPool
+
+            pool = WarmPool(settings.warm_pool_size, python=settings.python, log_dir=args.log_dir)
+        leases = Leases(state_dir.leases_dir, grace_s=args.adopt_grace)
+        backend = LocalBackend(
+            settings.replica_host, args.log_dir, warm_pool=pool, leases=leases, python=settings.python
+        )
+    return ControlPlane(backend, settings, host=host, port=args.control_port, token=token, state_dir=state_dir)
+
+
+def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
     try:
         import uvloop
 
-        runner = uvloop.run
+        return uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a core dependency
-        pass
-    if args.backend == "ray":
-        from controller.backends.ray import connect_ray
+        return asyncio.run
 
-        connect_ray(args.ray_address)  # before the event loop: ray.init blocks for seconds
+
+async def _until_signalled() -> int:
+    """Until SIGINT or SIGTERM; which one came."""
+    loop = asyncio.get_running_loop()
+    came: asyncio.Future[int] = loop.create_future()
+
+    def note(sig: signal.Signals) -> None:
+        if not came.done():
+            came.set_result(int(sig))
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, note, sig)
     try:
-        runner(_serve(services, settings, args.log_dir, args.backend, args.warm_pool))
+        return await came
     finally:
-        if args.backend == "ray":
-            from controller.backends.ray import disconnect_ray
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
-            disconnect_ray()
+
+def _with_ray(args: argparse.Namespace, run: Callable[[], None]) -> None:
+    if args.backend != "ray":
+        run()
+        return
+    from controller.backends.ray import connect_ray, disconnect_ray
+
+    connect_ray(args.ray_address)  # before the event loop: ray.init blocks for seconds
+    try:
+        run()
+    finally:
+        disconnect_ray()
+
+
+def _cmd_controller(args: argparse.Namespace) -> int:
+    services = load_services(args.file) if args.file else []
+    plane = _control_plane(args, args.host)
+
+    async def serve() -> None:
+        await plane.start(services)
+        log.info("control API on %s; %s", plane.url, "Ctrl-C leaves the replicas running" if args.keep_workers
+                 else "Ctrl-C stops every replica")  # fmt: skip
+        stopped = asyncio.ensure_future(plane.serve_until_stopped())
+        signalled = asyncio.ensure_future(_until_signalled())
+        await asyncio.wait({stopped, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        signalled.cancel()
+        await plane.stop(keep_workers=args.keep_workers)
+
+    _with_ray(args, lambda: _event_loop_runner()(serve()))
     return 0
 
 
-async def _serve(
-    services: list[InferenceService], settings: Any, log_dir: Path, backend: str = "local", warm_pool: int = 0
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    from gateway.settings import ControlLinkSettings
+
+    settings = _gateway_settings(args)
+    _check_routing([], args.routing_profiles, args.default_routing_profile)
+    if args.workers < 1:
+        raise UsageError(f"--workers: {args.workers} is not a number of processes (1 or more)")
+    if args.workers > 1:
+        from gateway.multiprocess import run_gateway_processes
+
+        return run_gateway_processes(args.workers, _child_argv(args.argv))
+    url = args.controller or f"http://127.0.0.1:{DEFAULT_CONTROL_PORT}"
+    token = _client_token(args.control_token, args.state_dir)
+    link = ControlLinkSettings(url=url, token=SecretStr(token) if token else None)
+
+    async def serve() -> None:
+        from gateway.run import DataPlane
+
+        plane = DataPlane(settings, link, reuse_port=args.reuse_port)
+        await plane.start()
+        stopped = asyncio.ensure_future(plane.serve_until_stopped())
+        signalled = asyncio.ensure_future(_until_signalled())
+        await asyncio.wait({stopped, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        signalled.cancel()
+        await plane.stop()
+
+    _event_loop_runner()(serve())
+    return 0
+
+
+def _child_argv(argv: list[str]) -> list[str]:
+    """The command line of one of several gateway processes: the same, with one worker and a shared port."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--workers":
+            skip = True
+            continue
+        if arg.startswith("--workers="):
+            continue
+        out.append(arg)
+    return [sys.executable, "-m", "llmserve", *out, "--workers", "1", "--reuse-port"]
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from gateway.settings import ControlLinkSettings
+
+    services = load_services(args.file)
+    _check_routing(services, args.routing_profiles, args.default_routing_profile)
+    settings = _gateway_settings(args)
+    control = _control_plane(args, "127.0.0.1")
+
+    async def serve() -> None:
+        from controller.metrics import ControllerCollector
+        from gateway.run import DataPlane
+
+        await control.start(services)
+        link = ControlLinkSettings(url=control.url, token=SecretStr(control.token))
+        # One process: the controller's metrics are served on the gateway's /metrics too (one scrape target).
+        gateway = DataPlane(settings, link, collectors=(ControllerCollector(control.controller),))
+        try:
+            await gateway.start()
+            announcer = asyncio.ensure_future(_announce(services, settings, gateway, args.log_dir, control.url))
+            stopped = asyncio.ensure_future(gateway.serve_until_stopped())
+            signalled = asyncio.ensure_future(_until_signalled())
+            await asyncio.wait({stopped, signalled}, return_when=asyncio.FIRST_COMPLETED)
+            signalled.cancel()
+            announcer.cancel()
+        finally:
+            await gateway.stop()
+            await control.stop()
+            log.info("stopped")
+
+    _with_ray(args, lambda: _event_loop_runner()(serve()))
+    return 0
+
+
+async def _announce(
+    services: list[InferenceService], settings: Any, gateway: DataPlane, log_dir: Path, control_url: str
 ) -> None:
-    import uvicorn
-
-    from controller.api import admin_extension
-    from controller.autoscaling.autoscaler import Autoscaler
-    from controller.backends.local import LocalBackend
-    from controller.reconciler import Controller
-    from controller.settings import ControllerSettings
-    from gateway.app import create_app
-    from llmserve.endpoints import EndpointRegistry
-
-    registry = EndpointRegistry()
-    controller_settings = ControllerSettings(log_dir=log_dir, warm_pool_size=warm_pool)
-    if backend == "ray":
-        from controller.backends.ray import RayBackend
-
-        controller = Controller(RayBackend(log_dir), registry, controller_settings)
-    else:
-        pool = None
-        if controller_settings.warm_pool_size > 0:
-            from llmserve.workers.warm import WarmPool
-
-            pool = WarmPool(controller_settings.warm_pool_size, python=controller_settings.python, log_dir=log_dir)
-        local = LocalBackend(controller_settings.replica_host, log_dir, warm_pool=pool)
-        controller = Controller(local, registry, controller_settings)
-    autoscaler = Autoscaler(controller, registry)
-    app = create_app(settings, registry, extensions=(admin_extension(controller, autoscaler),))
-    registry.report_demand_from(app.state.demand)  # gateway -> autoscaler: held and in-flight requests
-    registry.on_wake(autoscaler.wake)  # a request held at zero replicas scales the service up at once
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        http="httptools",
-        access_log=settings.access_log,
-        log_level="info",
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
-    controller.apply(services)
-    await controller.start()
-    await autoscaler.start()
-    announcer = asyncio.get_running_loop().create_task(_announce(services, settings, registry, log_dir))
-    try:
-        await server.serve()
-    finally:
-        announcer.cancel()
-        await autoscaler.stop()
-        log.info("stopping replicas")
-        await controller.stop()
-        log.info("stopped")
-
-
-async def _announce(services: list[InferenceService], settings: Any, registry: Any, log_dir: Path) -> None:
     """Say where the gateway is, and how to call each service once it has a ready replica."""
-    base = f"http://{settings.host}:{settings.port}"
-    log.info("gateway on %s; replica logs in %s; Ctrl-C stops everything", base, log_dir)
+    base = f"http://{settings.host}:{gateway.port}"
+    log.info("gateway on %s, control API on %s; replica logs in %s; Ctrl-C stops everything", base, control_url,
+             log_dir)  # fmt: skip
     for service in services:
         if service.spec.predictor.min_replicas == 0:
             log.info("'%s' scales from zero: its first request starts a replica", service.served_model_name)
     pending = {s.name: s for s in services if s.spec.predictor.min_replicas > 0}
     key_hint = "<your key>" if settings.api_keys else "unused"
+    endpoints = gateway.watch
     while pending:
-        for name in [n for n in pending if registry.ready_endpoints(n)]:
+        for name in [n for n in pending if endpoints.ready_endpoints(n)]:
             model = pending.pop(name).served_model_name
             print(
                 f"\n  '{model}' is ready. Try it:\n"

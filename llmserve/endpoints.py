@@ -1,9 +1,12 @@
 """Where the control plane and the data plane meet: which services exist and which replicas are ready.
 
-The controller writes (`EndpointWriter`), the gateway reads (`EndpointReader`); neither imports the other.
-The other way round, the gateway reports demand (what it holds and has in flight per service) and wakes a
-service that has no replica; the controller's autoscaler reads that (`DemandReader`, `on_wake`).
-`EndpointRegistry` is the in-process implementation of all of it (one event loop; no locking).
+The controller writes (`EndpointWriter`; its implementation is the versioned state its control API serves), the
+gateway reads (`EndpointReader`; its implementation follows the control API's watch); neither imports the other,
+and on the wire these types are encoded by llmserve/protocol/control.py. The other way round, gateways report their
+demand (what they hold and have in flight per service) and wake a service that has no replica; the controller's
+autoscaler reads the sum (`DemandReader`). `EndpointRegistry` is a plain in-memory reader and writer (tests).
+
+New fields are always added with defaults: an older gateway ignores what it does not know.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ class Endpoint:
     replica_id: str
     url: str  # http://host:port, no trailing slash
     grpc_address: str | None = None  # host:port of its gRPC server (V2 runtimes)
+    revision: str = ""  # the revision of the service it runs (a changed predictor is a new revision)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +41,7 @@ class ServiceInfo:
     min_replicas: int = 1
     routing_profile: str | None = None  # None: the gateway's default profile
     tokenizer_dir: str | None = None  # the model directory, once pulled (token-aware routing reads it)
+    revision: str = ""  # the revision serving its traffic
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +90,10 @@ class EndpointWriter(Protocol):
 
     def unpublish(self, service: str, replica_id: str) -> None: ...
 
+    def set_endpoints(self, service: str, endpoints: tuple[Endpoint, ...]) -> None:
+        """Replace a service's ready endpoints in one change (a rollout switching revisions)."""
+        ...
+
 
 class EndpointRegistry:
     """In-memory registry; reads are lock-free tuple lookups (the gateway's hot path)."""
@@ -95,7 +104,6 @@ class EndpointRegistry:
         self._ready: dict[str, tuple[Endpoint, ...]] = {}
         self._listeners: list[Listener] = []
         self._wake_listeners: list[Listener] = []
-        self._demand: DemandReader | None = None
 
     # -- reader -------------------------------------------------------------------------------------------
     def resolve_model(self, model_name: str) -> ServiceInfo | None:
@@ -114,13 +122,6 @@ class EndpointRegistry:
     def wake(self, service: str) -> None:
         for listener in self._wake_listeners:
             listener(service)
-
-    # -- demand (gateway -> controller) ----------------------------------------------------------------------------
-    def report_demand_from(self, reader: DemandReader) -> None:
-        self._demand = reader
-
-    def demand(self, service: str) -> Demand:
-        return self._demand.demand(service) if self._demand is not None else NO_DEMAND
 
     def on_wake(self, listener: Listener) -> None:
         self._wake_listeners.append(listener)
@@ -145,6 +146,10 @@ class EndpointRegistry:
         current = tuple(e for e in self._ready.get(endpoint.service, ()) if e.replica_id != endpoint.replica_id)
         self._ready[endpoint.service] = (*current, endpoint)
         self._notify(endpoint.service)
+
+    def set_endpoints(self, service: str, endpoints: tuple[Endpoint, ...]) -> None:
+        self._ready[service] = endpoints
+        self._notify(service)
 
     def unpublish(self, service: str, replica_id: str) -> None:
         current = self._ready.get(service, ())

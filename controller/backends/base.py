@@ -31,6 +31,11 @@ class ReplicaProcess(Protocol):
         """Stop it and everything it started: SIGTERM, then SIGKILL after `grace_s`."""
         ...
 
+    def handle(self) -> dict[str, Any] | None:
+        """What a later controller needs to re-adopt this replica (`Backend.adopt`), or None when it cannot be
+        (a warm-pool process, a Ray actor: they end with the controller that started them)."""
+        ...
+
 
 class Backend(Protocol):
     name: str
@@ -40,6 +45,16 @@ class Backend(Protocol):
         ...
 
     async def launch(self, replica_id: str, plan: WorkerPlan) -> ReplicaProcess: ...
+
+    async def adopt(self, replica_id: str, handle: dict[str, Any]) -> ReplicaProcess | None:
+        """Take over a replica a previous controller launched (from its `handle()`), if its process is still there;
+        None otherwise. The caller checks its health before trusting it."""
+        ...
+
+    async def release(self) -> None:
+        """Let go of every replica without stopping it (`llmserve controller --keep-workers`): their leases are no
+        longer renewed, so a controller that does not adopt them within the grace period leaves them to stop."""
+        ...
 
     async def close(self) -> None: ...
 

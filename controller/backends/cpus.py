@@ -45,6 +45,10 @@ class CpuAllocator:
         taken = {cpu for other, cpus in self._claims.items() if other != owner for cpu in cpus}
         return tuple(cpu for cpu in self.cpus if cpu not in taken) or tuple(self.cpus)
 
+    def reclaim(self, owner: str, cpus: Iterable[int]) -> None:
+        """Record a claim made before (a replica adopted from a previous controller keeps its CPUs)."""
+        self._claims[owner] = tuple(sorted(cpu for cpu in set(cpus) if cpu in self.cpus))
+
     def release(self, owner: str) -> None:
         self._claims.pop(owner, None)
 
@@ -61,3 +65,13 @@ def cpu_list(cpus: Iterable[int]) -> str:
         else:
             ranges.append([cpu, cpu])
     return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """The CPUs of a list "0,2-5" (cpu_list's inverse); malformed parts are ignored."""
+    cpus: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        if first.isdigit() and (not last or last.isdigit()):
+            cpus.extend(range(int(first), int(last or first) + 1))
+    return cpus

@@ -321,6 +321,10 @@ class RayReplica:
         if not self._exit.done():
             self._exit.cancel()
 
+    def handle(self) -> dict[str, Any] | None:
+        """Ray replicas end with the controller that started them (their actors are not detached)."""
+        return None
+
     async def log_tail(self, max_bytes: int = 8192) -> str:
         """The end of the worker's log, read on its node ("" when the actor is gone)."""
         ray = _ray()
@@ -492,6 +496,12 @@ class RayBackend:
 
     def _lost(self, replica: RayReplica) -> None:
         self._avoid_node(replica.node_id)
+
+    async def adopt(self, replica_id: str, handle: dict[str, Any]) -> RayReplica | None:
+        return None  # actors end with their driver: nothing to adopt
+
+    async def release(self) -> None:
+        return None  # they end with us anyway
 
     async def close(self) -> None:
         """Stop whatever replica is still running (the controller normally stopped them all)."""

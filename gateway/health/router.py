@@ -1,7 +1,9 @@
-"""Liveness (/health), readiness (/ready: every service that should be up has a ready replica), /metrics."""
+"""Liveness (/health), readiness (/ready: the fleet is known and every service that should be up has a ready
+replica), /metrics."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
@@ -10,8 +12,12 @@ from fastapi.responses import JSONResponse, Response
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from llmserve.endpoints import EndpointReader
 
+Readiness = Callable[[], str | None]  # why the gateway cannot serve yet (e.g. no snapshot from the controller)
 
-def attach_router(app: FastAPI, endpoints: EndpointReader, metrics: GatewayMetrics) -> None:
+
+def attach_router(
+    app: FastAPI, endpoints: EndpointReader, metrics: GatewayMetrics, readiness: Readiness | None = None
+) -> None:
     router = APIRouter()
 
     @router.get("/health")
@@ -20,6 +26,9 @@ def attach_router(app: FastAPI, endpoints: EndpointReader, metrics: GatewayMetri
 
     @router.get("/ready")
     async def ready() -> JSONResponse:
+        blocked = readiness() if readiness is not None else None
+        if blocked is not None:
+            return JSONResponse({"status": "waiting", "reason": blocked}, status_code=503)
         services: dict[str, Any] = {}
         waiting = []
         for info in endpoints.services():

@@ -15,6 +15,7 @@ import signal
 import socket
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
@@ -74,14 +75,20 @@ def signal_group(pgid: int, sig: signal.Signals) -> None:
 
 
 async def spawn_group_leader(
-    argv: Sequence[str], env: Mapping[str, str], log_path: Path, cpus: Collection[int] | None = None
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    log_path: Path,
+    cpus: Collection[int] | None = None,
+    *,
+    with_parent: bool = True,
 ) -> asyncio.subprocess.Process:
-    """Start `argv` as the leader of a new process group that dies with us; stdout and stderr go to `log_path`;
-    `cpus`: the CPUs it (and what it starts) may run on (default: ours)."""
+    """Start `argv` as the leader of a new process group (and session) that dies with us unless `with_parent` is
+    false; stdout and stderr go to `log_path`; `cpus`: the CPUs it (and what it starts) may run on (default: ours)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
 
     def prepare_child() -> None:  # pragma: no cover - runs in the forked child, before exec
-        die_with_parent()
+        if with_parent:
+            die_with_parent()
         if cpus:
             os.sched_setaffinity(0, cpus)
 
@@ -138,3 +145,58 @@ class GroupLeader:
     async def stop(self, grace_s: float) -> None:
         """SIGTERM the group, SIGKILL after `grace_s`; returns once none of it is left."""
         await stop_group(self._process, grace_s)
+
+    def handle(self) -> dict[str, Any] | None:
+        """What a later controller would need to adopt this process; None: it cannot be (it dies with us)."""
+        return None
+
+
+class AdoptedGroup:
+    """A process group led by a process we did not start (a replica a previous controller started): the same
+    surface as GroupLeader, watched through a pidfd (it cannot be waited for; its exit status is unknown)."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._exited = asyncio.Event()
+        self._fd: int | None = None
+        try:
+            self._fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._exited.set()
+            return
+        asyncio.get_running_loop().add_reader(self._fd, self._on_exit)
+
+    def _on_exit(self) -> None:
+        self._close()
+        self._exited.set()
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            asyncio.get_running_loop().remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    def running(self) -> bool:
+        return not self._exited.is_set() and alive(self._pid)
+
+    async def wait(self) -> int | None:
+        await self._exited.wait()
+        return None
+
+    async def stop(self, grace_s: float) -> None:
+        """SIGTERM the group, SIGKILL after `grace_s`; returns once none of it is left."""
+        if self.running():
+            signal_group(self._pid, signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._exited.wait(), grace_s)
+        signal_group(self._pid, signal.SIGKILL)
+        for _ in range(100):
+            if not group_members(self._pid):
+                break
+            await asyncio.sleep(0.05)
+        self._close()
+        self._exited.set()

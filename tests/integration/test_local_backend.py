@@ -12,9 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller.backends.local import LocalBackend
+from controller.backends.local import Leases, LocalBackend
 from controller.reconciler import Controller
 from controller.settings import ControllerSettings
+from controller.statedir import StateDir
 from llmserve.endpoints import EndpointRegistry
 from llmserve.spec import InferenceService, parse_services
 from llmserve.workers import WorkerPlan
@@ -45,15 +46,20 @@ SETTINGS = ControllerSettings(
 )
 
 
-async def start_controller(tmp_path: Path, *extra: str) -> tuple[Controller, EndpointRegistry]:
+async def start_controller(
+    tmp_path: Path, *extra: str, state: StateDir | None = None, grace_s: float = 60.0
+) -> tuple[Controller, EndpointRegistry]:
+    """A controller with the local backend; with `state`, replicas run under keepers and are adopted on restart."""
     registry = EndpointRegistry()
     settings = SETTINGS.model_copy(update={"log_dir": tmp_path / "logs"})
+    leases = Leases(state.leases_dir, grace_s=grace_s, renew_s=0.2) if state is not None else None
     controller = Controller(
-        LocalBackend(log_dir=settings.log_dir),
+        LocalBackend(log_dir=settings.log_dir, leases=leases),
         registry,
         settings,
         pull=lambda svc: tmp_path,
         plan=fake_worker_plan(*extra),
+        state_dir=state,
     )
     await controller.start()
     controller.apply(parse_services(SPEC))
@@ -89,7 +95,7 @@ async def test_killed_worker_is_restarted_and_serves_again(tmp_path: Path, http:
         assert replica.record.restarts == 1
         assert replica.record.pid != pid
         assert (await chat(http, restarted.url)).startswith("hello from")
-        log_file = tmp_path / "logs" / "fake-0.log"
+        log_file = tmp_path / "logs" / "fake-00001-0.log"
         assert log_file.exists()
     finally:
         await controller.stop()
@@ -148,3 +154,54 @@ async def test_concurrent_replicas_get_their_own_cpus(tmp_path: Path) -> None:
         await second.stop(2.0)
         await backend.close()
     assert backend.describe()["cpus"] == {}
+
+
+async def test_a_restarted_controller_adopts_the_running_replica(tmp_path: Path, http: httpx.AsyncClient) -> None:
+    state = StateDir(tmp_path / "state")
+    first, registry = await start_controller(tmp_path, state=state)
+    (replica,) = first.replicas("fake")
+    pid = replica.record.pid
+    assert pid is not None
+    await first.stop(keep_workers=True)  # as after a crash: the replica stays, nobody renews its lease
+    assert alive(pid)
+    second, registry = await start_controller(tmp_path, state=state)
+    try:
+        (adopted,) = second.replicas("fake")
+        assert adopted.record.pid == pid  # the same process: no cold start
+        assert adopted.record.adopted
+        (endpoint,) = registry.ready_endpoints("fake")
+        assert (await chat(http, endpoint.url)).startswith("hello from")
+    finally:
+        await second.stop()
+    assert not alive(pid)
+    assert group_members(pid) == []
+    assert state.replicas() == []
+
+
+async def test_a_replica_nobody_adopts_stops_itself(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "state")
+    controller, _ = await start_controller(tmp_path, state=state, grace_s=1.0)
+    (replica,) = controller.replicas("fake")
+    pid = replica.record.pid
+    assert pid is not None
+    await controller.stop(keep_workers=True)
+    await until(lambda: not alive(pid) and group_members(pid) == [], within_s=20)  # the keeper gave up on us
+
+
+async def test_a_changed_revision_is_not_adopted(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "state")
+    first, _ = await start_controller(tmp_path, state=state)
+    (replica,) = first.replicas("fake")
+    pid = replica.record.pid
+    assert pid is not None
+    await first.stop(keep_workers=True)
+    saved = state.load_services()
+    saved[0]["revisions"][0]["spec"]["spec"]["predictor"]["model"]["args"] = ["--changed"]
+    state.save_services(saved)  # as if the revision's template changed since the replica started
+    second, _ = await start_controller(tmp_path, state=state)
+    try:
+        assert not alive(pid)  # stopped, not adopted
+        (fresh,) = second.replicas("fake")
+        assert fresh.record.pid != pid
+    finally:
+        await second.stop()

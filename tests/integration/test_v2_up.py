@@ -47,12 +47,18 @@ class Up:
     grpc_target: str
     process: subprocess.Popen[bytes]
     log: Path
+    control_url: str = ""
+    state_dir: Path | None = None
 
     def tail(self) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
 
     def replicas(self) -> list[dict[str, Any]]:
-        services = httpx.get(f"{self.url}/admin/v1/services", timeout=10).json()["services"]
+        assert self.state_dir is not None
+        token = (self.state_dir / "control-token").read_text().strip()
+        services = httpx.get(
+            f"{self.control_url}/control/v1/services", headers={"authorization": f"Bearer {token}"}, timeout=10
+        ).json()["services"]
         return [r for s in services for r in s["replicas"]]
 
 
@@ -66,15 +72,17 @@ def up(iris: TrainedModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     work = tmp_path_factory.mktemp("llmserve-up")
     config = work / "iris.yaml"
     config.write_text(SERVICE.format(model_dir=iris.path))
-    port, grpc_port = free_port(), free_port()
+    port, grpc_port, control_port = free_port(), free_port(), free_port()
     log = work / "llmserve.log"
     cmd = [
         sys.executable, "-m", "llmserve", "up", "-f", str(config),
         "--port", str(port), "--grpc-port", str(grpc_port), "--log-dir", str(work / "logs"),
+        "--control-port", str(control_port), "--state-dir", str(work / "state"),
     ]  # fmt: skip
     with open(log, "wb") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=dict(os.environ))
-    running = Up(f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", process, log)
+    running = Up(f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", process, log,
+                 f"http://127.0.0.1:{control_port}", work / "state")  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while True:  # minReplicas 0: ready at once, with no replica

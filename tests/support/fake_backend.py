@@ -43,6 +43,9 @@ class FakeProcess:
         self.stopped_with_grace = grace_s
         self.crash(-15)
 
+    def handle(self) -> dict[str, Any] | None:
+        return {"pid": self._pid}
+
     def crash(self, status: int = 1) -> None:
         if not self.exit.done():
             self.exit.set_result(status)
@@ -55,6 +58,8 @@ class FakeBackend:
         self.launched: list[FakeProcess] = []
         self.start_healthy = True
         self.fail_launch = False
+        self.adopted: list[FakeProcess] = []
+        self.released = False
 
     async def start(self) -> None:
         return None
@@ -69,6 +74,16 @@ class FakeBackend:
         process.healthy = self.start_healthy
         self.launched.append(process)
         return process
+
+    async def adopt(self, replica_id: str, handle: dict[str, Any]) -> FakeProcess | None:
+        """A process of this backend (a fake machine shared by successive controllers) that is still running."""
+        found = next((p for p in self.launched if p.pid == handle.get("pid") and p.running()), None)
+        if found is not None:
+            self.adopted.append(found)
+        return found
+
+    async def release(self) -> None:
+        self.released = True
 
     async def close(self) -> None:
         return None

@@ -25,6 +25,8 @@ class Up:
     process: subprocess.Popen[bytes]
     log: Path
     api_key: str | None = None
+    control_url: str = ""
+    state_dir: Path | None = None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -35,9 +37,14 @@ class Up:
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
+    @property
+    def control_headers(self) -> dict[str, str]:
+        token = (self.state_dir / "control-token").read_text().strip() if self.state_dir else ""
+        return {"authorization": f"Bearer {token}"}
+
     def admin(self) -> dict[str, Any]:
-        """The controller's view: GET /admin/v1/services."""
-        response = httpx.get(f"{self.url}/admin/v1/services", headers=self.headers, timeout=10)
+        """The controller's view: GET /control/v1/status."""
+        response = httpx.get(f"{self.control_url}/control/v1/status", headers=self.control_headers, timeout=10)
         response.raise_for_status()
         return dict(response.json())
 
@@ -91,14 +98,17 @@ def sim_service(work: Path, template: str) -> Path:
 def llmserve_up(config: Path, work: Path, *extra: str, api_key: str | None = None) -> Iterator[Up]:
     """Start `llmserve up -f config`; on exit, Ctrl-C it and check that no replica process is left."""
     port = free_port()
+    control_port = free_port()
     log = work / "llmserve.log"
+    state_dir = work / "state"
     cmd = [sys.executable, "-m", "llmserve", "up", "-f", str(config), "--port", str(port), "--grpc-port", "0",
-           "--log-dir", str(work / "logs"), *extra]  # fmt: skip
+           "--control-port", str(control_port), "--state-dir", str(state_dir), "--log-dir", str(work / "logs"),
+           *extra]  # fmt: skip
     if api_key:
         cmd += ["--api-key", api_key]
     with open(log, "wb") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=dict(os.environ))
-    up = Up(f"http://127.0.0.1:{port}", process, log, api_key)
+    up = Up(f"http://127.0.0.1:{port}", process, log, api_key, f"http://127.0.0.1:{control_port}", state_dir)
     pids: Sequence[int] = []
     try:
         up.wait(lambda: httpx.get(f"{up.url}/health", timeout=2).status_code == 200, 60, "gateway up")

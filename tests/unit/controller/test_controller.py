@@ -145,7 +145,7 @@ async def test_scaling_is_clamped_and_scale_down_stops_processes(harness: Harnes
 async def test_removing_a_service_withdraws_it(harness: Harness) -> None:
     harness.controller.apply([service()])
     await until(lambda: harness.ready() == 1)
-    harness.controller.apply([])
+    assert harness.controller.delete("chat")
     assert harness.registry.resolve_model("chat") is None
     await until(lambda: harness.backend.live() == [])
 

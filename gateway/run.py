@@ -1,0 +1,111 @@
+"""One gateway process: the controller's watch, the load ledger, demand reports, and the HTTP server.
+
+`DataPlane.start()` binds the port (with SO_REUSEPORT when several gateway processes share it), starts following
+the controller, and serves; requests that arrive before the first snapshot find no model (and /ready says 503).
+`stop()` stops serving (connections get `timeout_graceful_shutdown` to finish), then the watch and the reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+
+import uvicorn
+from prometheus_client.registry import Collector
+
+from gateway.app import Gateway, build_gateway
+from gateway.ledger import LoadLedger
+from gateway.reporting import DemandReporter
+from gateway.settings import ControlLinkSettings, GatewaySettings
+from gateway.watch import WatchedEndpoints
+from llmserve.control import ControlClient
+from llmserve.serving import ManagedServer, bind_socket
+
+log = logging.getLogger("llmserve.gateway")
+
+
+def gateway_id() -> str:
+    """Unique per gateway process start: the controller keeps one demand report per id."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+class DataPlane:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        link: ControlLinkSettings,
+        *,
+        reuse_port: bool = False,
+        collectors: tuple[Collector, ...] = (),
+    ) -> None:
+        self.settings = settings
+        self.link = link
+        self.reuse_port = reuse_port
+        self.id = gateway_id()
+        token = link.token.get_secret_value() if link.token is not None else None
+        self.client = ControlClient(link.url, token)
+        self.watch = WatchedEndpoints(self.client, self.id)
+        self.ledger = LoadLedger()
+        self.reporter = DemandReporter(self.client, self.ledger, self.id, interval_s=link.report_interval_s)
+        self.gateway: Gateway = build_gateway(
+            settings,
+            self.watch,
+            ledger=self.ledger,
+            on_eject=self.reporter.suspect,
+            readiness=self._readiness,
+            collectors=collectors,
+        )
+        self.server: ManagedServer | None = None
+        self.port = settings.port
+        self._serving: asyncio.Task[None] | None = None
+
+    def _readiness(self) -> str | None:
+        if not self.watch.synced.is_set():
+            return f"no state from the controller at {self.link.url} yet ({self.watch.last_error or 'connecting'})"
+        return None
+
+    async def start(self) -> None:
+        sock = bind_socket(self.settings.host, self.settings.port, reuse_port=self.reuse_port)
+        self.port = int(sock.getsockname()[1])
+        self.watch.start()
+        self.reporter.start()
+        config = uvicorn.Config(
+            self.gateway.app,
+            http="httptools",
+            access_log=self.settings.access_log,
+            log_level="warning",
+            timeout_graceful_shutdown=5,
+            lifespan="on",
+        )
+        self.server = ManagedServer(config)
+        self._serving = asyncio.get_running_loop().create_task(self.server.serve(sockets=[sock]), name="gateway")
+        while not self.server.started:
+            if self._serving.done():
+                await self._serving  # raises what stopped it
+                raise RuntimeError("the gateway's server stopped while starting")
+            await asyncio.sleep(0.01)
+        log.info("gateway %s on http://%s:%d (controller %s)", self.id, self.settings.host, self.port, self.link.url)
+
+    async def wait_synced(self, timeout_s: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.watch.synced.wait(), timeout_s)
+        return self.watch.synced.is_set()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+        if self._serving is not None:
+            with contextlib.suppress(Exception):
+                await self._serving
+        await self.reporter.stop()
+        await self.watch.stop()
+        await self.client.close()
+
+    async def serve_until_stopped(self) -> None:
+        """Until the server stops (its `should_exit`)."""
+        if self._serving is not None:
+            await self._serving
