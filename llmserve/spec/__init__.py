@@ -6,11 +6,13 @@ from llmserve.spec.models import (
     EnvVar,
     InferenceService,
     InferenceServiceSpec,
+    LoggerSpec,
     ModelFormat,
     ModelSpec,
     PredictorSpec,
     Resources,
     RoutingSpec,
+    TransformerSpec,
 )
 
 __all__ = [
@@ -18,12 +20,14 @@ __all__ = [
     "EnvVar",
     "InferenceService",
     "InferenceServiceSpec",
+    "LoggerSpec",
     "ModelFormat",
     "ModelSpec",
     "PredictorSpec",
     "Resources",
     "RoutingSpec",
     "SpecError",
+    "TransformerSpec",
     "load_services",
     "parse_services",
 ]

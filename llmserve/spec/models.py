@@ -19,7 +19,7 @@ Unknown fields are errors (a typo must not be silently ignored).
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
@@ -217,6 +217,15 @@ class PredictorSpec(_Strict):
         alias="maxReplicas",
         description="Upper bound for scaling; default max(1, minReplicas).",
     )
+    canary_traffic_percent: int | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        alias="canaryTrafficPercent",
+        description="KServe's canary rollout: after a change to the predictor, this percentage of the traffic goes "
+        "to the latest ready revision and the rest to the last rolled-out one (tag 'prev'). 100 or unset: the "
+        "latest ready revision gets everything (promotion); 0: everything goes back to 'prev' (rollback).",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> PredictorSpec:
@@ -240,8 +249,132 @@ class PredictorSpec(_Strict):
         return self.min_replicas == 0 or self.replica_ceiling > self.min_replicas
 
 
+# `path/to/file.py:ClassName` or `package.module:ClassName`.
+_HANDLER = re.compile(r"^(?P<where>[^:\s][^:]*):(?P<cls>[A-Za-z_][A-Za-z0-9_]*)$")
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def check_handler(value: str) -> str:
+    """A transformer handler: `FILE.py:Class` (a path, relative to where llmserve runs) or `package.module:Class`."""
+    match = _HANDLER.match(value)
+    if match is None:
+        raise ValueError("must be FILE.py:ClassName or package.module:ClassName (e.g. configs/transformers/x.py:Mask)")
+    where = match.group("where")
+    if not where.endswith(".py") and not _MODULE.match(where):
+        raise ValueError(f"'{where}' is neither a .py file nor a dotted module name")
+    return value
+
+
+class TransformerSpec(_Strict):
+    """KServe's `spec.transformer`: pre/post-processing in front of the predictor, in its own process.
+
+    `handler` names a Python class with async `preprocess(request, headers)` / `postprocess(response, headers)`
+    hooks (and optionally `postprocess_chunk(chunk, headers)` for streamed responses), served by
+    `python -m llmserve.runtimes.transformer`.
+    """
+
+    handler: str = Field(
+        min_length=3,
+        description="The transformer class: FILE.py:ClassName (relative to where llmserve runs) or "
+        "package.module:ClassName.",
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for the class's constructor (JSON values)."
+    )
+    timeout_s: float = Field(
+        default=30.0, gt=0, alias="timeoutSeconds", description="How long one hook call may take before 504."
+    )
+    min_replicas: int = Field(default=1, ge=0, alias="minReplicas", description="Replicas kept running.")
+    max_replicas: int | None = Field(
+        default=None, ge=1, alias="maxReplicas", description="Upper bound for scaling; default max(1, minReplicas)."
+    )
+    scale_target: float = Field(
+        default=32.0, gt=0, alias="scaleTarget", description="Requests in flight per replica before scaling out."
+    )
+    env: list[EnvVar] = Field(default_factory=list, description="Extra environment for each replica.")
+    resources: Resources = Field(default_factory=Resources, description="Per-replica resources.")
+
+    @field_validator("handler")
+    @classmethod
+    def _handler(cls, value: str) -> str:
+        return check_handler(value)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> TransformerSpec:
+        if self.max_replicas is not None and self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"maxReplicas ({self.max_replicas}) must be greater than or equal to minReplicas ({self.min_replicas})"
+            )
+        return self
+
+    @property
+    def replica_ceiling(self) -> int:
+        return self.max_replicas if self.max_replicas is not None else max(1, self.min_replicas)
+
+
+# Headers that carry credentials: never copied into a payload-log event, whatever metadataHeaders says.
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key"})
+
+
+class LoggerSpec(_Strict):
+    """KServe's payload logger (`url`, `mode`, `metadataHeaders`, `metadataAnnotations`), plus a local JSONL
+    `file` sink and sampling. Events are CloudEvents (KServe's types); credentials are never logged."""
+
+    mode: Literal["all", "request", "response"] = Field(
+        default="all", description="What is logged: requests and responses (all), only requests, or only responses."
+    )
+    url: str | None = Field(
+        default=None, description="HTTP(S) sink: each event is POSTed there as a binary-mode CloudEvent."
+    )
+    file: str | None = Field(
+        default=None, min_length=1, description="Local sink: one structured CloudEvent (JSON) per line, appended."
+    )
+    sample_rate: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        alias="sampleRate",
+        description="Fraction of exchanges logged (a request and its response are logged together or not at all).",
+    )
+    metadata_headers: list[str] = Field(
+        default_factory=list,
+        alias="metadataHeaders",
+        description="Request headers copied into each event's metadata (credentials are refused).",
+    )
+    metadata_annotations: list[str] = Field(
+        default_factory=list,
+        alias="metadataAnnotations",
+        description="Service annotations copied into each event.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"must be an http:// or https:// URL, got '{value}'")
+        return value
+
+    @field_validator("metadata_headers")
+    @classmethod
+    def _no_credentials(cls, value: list[str]) -> list[str]:
+        secret = sorted({name for name in value if name.lower() in SECRET_HEADERS})
+        if secret:
+            raise ValueError(f"{', '.join(secret)} carries credentials and is never logged")
+        return [name.lower() for name in value]
+
+    @model_validator(mode="after")
+    def _a_sink(self) -> LoggerSpec:
+        if self.url is None and self.file is None:
+            raise ValueError("give a sink: url (HTTP) or file (local JSONL), or both")
+        return self
+
+
 class InferenceServiceSpec(_Strict):
     predictor: PredictorSpec = Field(description="What serves the requests.")
+    transformer: TransformerSpec | None = Field(
+        default=None, description="Pre/post-processing hooks in front of the predictor, in their own process."
+    )
+    logger: LoggerSpec | None = Field(default=None, description="Payload logging of requests and responses.")
 
 
 class InferenceService(_Strict):
