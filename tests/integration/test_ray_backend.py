@@ -266,7 +266,7 @@ async def test_two_replicas_get_one_actor_per_node_and_both_serve(ray_driver: st
         assert sorted(node_of(e) for e in endpoints) == [HEAD, WORKER]  # SPREAD: one actor on each node
         for endpoint in endpoints:
             assert (await chat(http, endpoint.url)).startswith("hello from")
-        names = {n for n in ray.util.list_named_actors() if n.split(".")[0] in ("fake-0", "fake-1")}
+        names = {n for n in ray.util.list_named_actors() if n.split(".")[0] in ("fake-00001-0", "fake-00001-1")}
         assert len(names) == 2  # one named actor per replica
         async with gateway(registry) as url:  # the gateway reaches both nodes' replicas
             answers = {await chat(http, url) for _ in range(8)}
