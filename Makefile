@@ -4,7 +4,7 @@ CONFIG ?= configs/quickstart.yaml
 PORT   ?= 8080
 BIN    := $(VENV)/bin
 
-.PHONY: up test setup lint pull bench clean
+.PHONY: up test setup lint pull load bench clean
 
 up: setup
 	$(BIN)/llmserve pull $(CONFIG)
@@ -27,6 +27,18 @@ lint: setup
 
 pull: setup
 	$(BIN)/llmserve pull $(CONFIG)
+
+# Load a running llmserve with benchmarks/locustfile.py (headless, bounded in time); the CSVs go to LOAD_CSV_*.csv.
+LOAD_URL   ?= http://127.0.0.1:$(PORT)
+LOAD_USERS ?= 8
+LOAD_TIME  ?= 60s
+LOAD_CSV   ?= .llmserve/load/llmserve
+LOAD_ARGS  ?=
+load: setup
+	mkdir -p $(dir $(LOAD_CSV))
+	$(BIN)/locust -f benchmarks/locustfile.py --headless --host $(LOAD_URL) --users $(LOAD_USERS) \
+		--spawn-rate $(LOAD_USERS) --run-time $(LOAD_TIME) --stop-timeout 30 --csv $(LOAD_CSV) --only-summary $(LOAD_ARGS)
+	@echo "load: $(LOAD_CSV)_stats.csv (TTFT, ITL and E2E rows are the streams' own timings)"
 
 clean:
 	rm -rf $(VENV) .llmserve .mypy_cache .ruff_cache .pytest_cache

