@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from controller.autoscaling.autoscaler import Autoscaler
 from controller.demand import DemandAggregator
+from controller.prometheus_sd import prometheus_targets
 from controller.reconciler import Controller
 from controller.state import ControlState
 from llmserve.protocol.control import (
@@ -184,6 +185,11 @@ def create_control_app(
         if not controller.delete(name):
             raise ControlError(404, f"No service named '{name}'.")
         return _json(200, {"deleted": name, "resourceVersion": state.resource_version})
+
+    @app.get(f"{PREFIX}/prometheus/targets")
+    async def targets() -> Response:
+        """Prometheus HTTP service discovery: every ready replica's /metrics (controller/prometheus_sd.py)."""
+        return _json(200, prometheus_targets({"services": controller.status()}))
 
     @app.get(f"{PREFIX}/status")
     async def status() -> Response:

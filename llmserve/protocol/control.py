@@ -10,6 +10,7 @@
     PUT    /control/v1/services                   create or change services (`llmserve apply`; YAML or JSON body)
     DELETE /control/v1/services/NAME              remove a service (`llmserve delete`)
     GET    /control/v1/status                     services, the autoscaler's decisions, gateways, the backend
+    GET    /control/v1/prometheus/targets         Prometheus HTTP service discovery of the replicas' /metrics
 
 Every route but /health needs `Authorization: Bearer <control token>`. Errors are `{"error": "..."}`.
 A resourceVersion is opaque to clients ("<epoch>.<sequence>": a restarted controller starts a new epoch, and a

@@ -25,7 +25,6 @@ from tests.support.prometheus import (
     prometheus_on_loopback,
     promtool,
     scrape_config,
-    write_worker_targets,
 )
 from tests.support.up import Up, llmserve_up, sim_service
 
@@ -121,9 +120,8 @@ def traffic(up: Up, stop: threading.Event) -> None:
 def test_every_dashboard_and_alert_query_returns_data(up: Up, tmp_path: Path) -> None:
     work = tmp_path / "prometheus"
     work.mkdir()
-    targets = work / "workers.json"
-    write_worker_targets(up.admin(), targets)
-    config = scrape_config(work, up.url, targets)
+    token = up.control_headers["authorization"].removeprefix("Bearer ")
+    config = scrape_config(work, up.url, up.control_url, token)
     check = promtool("check", "config", config)
     assert check.returncode == 0, check.stdout + check.stderr
     queries = dashboard_queries() + alert_signals()
@@ -142,7 +140,7 @@ def test_every_dashboard_and_alert_query_returns_data(up: Up, tmp_path: Path) ->
         sender = threading.Thread(target=run_traffic)
         sender.start()
         try:
-            pending = wait_for_data(prometheus, up, targets, queries, failures)
+            pending = wait_for_data(prometheus, queries, failures)
         finally:
             stop.set()
             sender.join(60)
@@ -169,18 +167,15 @@ def first_cold_start(prometheus: Prometheus, up: Up) -> None:
 
 def wait_for_data(
     prometheus: Prometheus,
-    up: Up,
-    targets: Path,
     queries: list[tuple[str, str]],
     failures: list[BaseException],
     within_s: float = 120,
 ) -> list[tuple[str, str]]:
-    """Poll until every query (but the PENDING ones) has data; returns the ones that never had. Rewrites the
-    workers' targets on each round, as the controller's SD endpoint would serve them (iris starts on demand)."""
+    """Poll until every query (but the PENDING ones) has data; returns the ones that never had. The
+    workers' targets come from the controller's HTTP SD endpoint (iris starts on demand)."""
     pending = list(queries)
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline and not failures:
-        write_worker_targets(up.admin(), targets)
         pending = [q for q in pending if not prometheus.has_data(q[1])]
         if all(any(k in expr for k in PENDING) for _, expr in pending):
             break

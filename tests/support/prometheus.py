@@ -13,7 +13,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,6 @@ from typing import Any
 import httpx
 import yaml
 
-from controller.prometheus_sd import prometheus_targets
 from llmserve.workers.processes import free_port
 from tests.conftest import REPO
 
@@ -66,35 +65,27 @@ class Prometheus:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def scrape_config(work: Path, gateway: str, worker_targets: Path, *, interval: str = "1s") -> Path:
+def scrape_config(work: Path, gateway: str, controller: str, token: str, *, interval: str = "1s") -> Path:
     """configs/observability/prometheus.yml (and its rule files) in `work`, changed only where a test must:
-    the gateway's address; one-second scrapes and rule evaluations; no separate controller job (in
-    `llmserve up` its series are on the gateway's /metrics); workers discovered from `worker_targets` (a
-    file_sd file, see `write_worker_targets`) instead of the controller's HTTP SD endpoint."""
+    the gateway's and the controller's addresses; one-second scrapes, rule evaluations and discovery refreshes; the
+    controller's token in the file the discovery's `authorization` names; no separate controller job (in
+    `llmserve up` its series are on the gateway's /metrics)."""
     config = yaml.safe_load((OBSERVABILITY / "prometheus.yml").read_text())
     config["global"].update(scrape_interval=interval, evaluation_interval=interval, scrape_timeout=interval)
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     jobs["llmserve-gateway"]["static_configs"] = [{"targets": [gateway.removeprefix("http://")]}]
     del jobs["llmserve-controller"]
-    workers = jobs["llmserve-workers"]
-    del workers["http_sd_configs"]
-    workers["file_sd_configs"] = [{"files": [str(worker_targets)], "refresh_interval": interval}]
+    (work / "controller-token").write_text(token + "\n")
+    for discovery in jobs["llmserve-workers"]["http_sd_configs"]:
+        discovery["url"] = f"{controller}/control/v1/prometheus/targets"
+        discovery["refresh_interval"] = interval
+        discovery["authorization"] = {"type": "Bearer", "credentials_file": str(work / "controller-token")}
     config["scrape_configs"] = list(jobs.values())
     for rules in config["rule_files"]:
         shutil.copy(OBSERVABILITY / rules, work / rules)
     path = work / "prometheus.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
-
-
-def write_worker_targets(status: Mapping[str, Any], path: Path) -> None:
-    """The workers' targets, as the controller's HTTP SD endpoint will serve them, into a file_sd file.
-
-    The one place to change once GET /control/v1/prometheus/targets exists: `scrape_config` then keeps the shipped
-    `http_sd_configs` (pointed at the controller) and this goes."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(prometheus_targets(status)))
-    tmp.replace(path)  # file_sd watches the file: never let it read a half-written one
 
 
 @contextmanager
