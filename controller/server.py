@@ -8,6 +8,7 @@ route but /health needs the bearer token. Errors are `{"error": "..."}`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -159,14 +160,14 @@ def create_control_app(
 
     @app.get(f"{PREFIX}/services")
     async def list_services() -> Response:
-        return _json(200, {"services": _with_decisions(controller.status(), autoscaler)})
+        return _json(200, {"services": _with_decisions(controller.status(), autoscaler, demand)})
 
     @app.get(f"{PREFIX}/services/{{name}}")
     async def get_service(name: str) -> Response:
         found = [s for s in controller.status() if s["name"] == name]
         if not found:
             raise ControlError(404, f"No service named '{name}'.")
-        return _json(200, _with_decisions(found, autoscaler)[0])
+        return _json(200, _with_decisions(found, autoscaler, demand)[0])
 
     @app.put(f"{PREFIX}/services")
     async def apply(request: Request, source: str = "<request>") -> Response:
@@ -197,7 +198,7 @@ def create_control_app(
             200,
             {
                 "resourceVersion": state.resource_version,
-                "services": _with_decisions(controller.status(), autoscaler),
+                "services": _with_decisions(controller.status(), autoscaler, demand),
                 "gateways": demand.gateways(),
                 "watchers": state.watchers(),
                 "backend": describe_backend() if describe_backend is not None else controller.backend.describe(),
@@ -207,9 +208,13 @@ def create_control_app(
     return TokenCheck(app, token)
 
 
-def _with_decisions(services: list[dict[str, Any]], autoscaler: Autoscaler) -> list[dict[str, Any]]:
+def _with_decisions(
+    services: list[dict[str, Any]], autoscaler: Autoscaler, demand: DemandAggregator
+) -> list[dict[str, Any]]:
+    """The services' status with the autoscaler's last decision and the demand summed over the gateways."""
     decisions = autoscaler.decisions()
     for service in services:
+        service["demand"] = dataclasses.asdict(demand.demand(service["name"]))
         decision = decisions.get(service["name"])
         service["autoscaler"] = (
             {"mode": decision.mode, "desired": decision.desired, "reason": decision.reason}

@@ -209,6 +209,18 @@ def test_unreachable_replica_is_ejected_and_never_a_502() -> None:
             assert waiting.result().status_code == 200
 
 
+def test_an_engine_dead_answer_is_the_gateways_502_and_the_replica_is_ejected() -> None:
+    with gateway_stack(workers=2, models=("engine-dead",)) as s:
+        response = httpx.post(f"{s.url}/v1/chat/completions", json={"model": "engine-dead", "messages": MESSAGES})
+        assert response.status_code == 502
+        assert response.headers["retry-after"] == "5"
+        error = response.json()["error"]
+        assert error["code"] == "upstream_error"
+        assert "EngineCore" not in error["message"]  # the gateway's own words, not the worker's internals
+        ready = s.on_loop(s.parts.endpoints.ready_endpoints, "engine-dead")
+        assert len(ready) == 1  # the replica that answered it is out of rotation here  # type: ignore[arg-type]
+
+
 def test_embeddings_are_forwarded(client: openai.OpenAI) -> None:
     result = client.embeddings.create(model="m", input=["a", "b"])
     assert len(result.data) == 2

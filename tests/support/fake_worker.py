@@ -2,6 +2,7 @@
 
 Behaviour is chosen per request by the `model` field:
 - "boom-500": plain-text 500;  "reset": the connection is closed before any response;
+- "engine-dead": vLLM's answer once its engine core died (500, EngineDeadError in OpenAI's envelope);
 - "break-stream": a stream that is cut after two chunks; "no-embeddings": /v1/embeddings is not served (404);
 any other name: a normal answer.
 `max_tokens` sets how many stream chunks are sent and `x_delay_ms` (an extra body field) the pause between them.
@@ -56,6 +57,11 @@ class FakeWorker:
         model = request.get("model")
         if model == "reset":
             raise RuntimeError("fake worker drops this connection")
+        if model == "engine-dead":
+            body = {"error": {"message": "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+                              "type": "InternalServerError", "param": None, "code": 500}}  # fmt: skip
+            await _send(send, 500, orjson.dumps(body))
+            return
         if model == "boom-500":
             await _send(send, 500, b"Internal Server Error", b"text/plain")
             return

@@ -9,6 +9,7 @@ import pytest
 
 from controller.reconciler import Controller
 from controller.settings import ControllerSettings
+from controller.statedir import StateDir
 from llmserve.endpoints import EndpointRegistry
 from llmserve.spec import InferenceService, parse_services
 from llmserve.workers import WorkerPlan
@@ -44,8 +45,14 @@ def service(text: str = SPEC) -> InferenceService:
 
 
 class Harness:
-    def __init__(self, pull: Callable[[InferenceService], Path] | None = None) -> None:
-        self.backend = FakeBackend()
+    def __init__(
+        self,
+        pull: Callable[[InferenceService], Path] | None = None,
+        *,
+        state_dir: StateDir | None = None,
+        backend: FakeBackend | None = None,
+    ) -> None:
+        self.backend = backend or FakeBackend()
         self.registry = EndpointRegistry()
         self.pulls: list[str] = []
 
@@ -60,6 +67,7 @@ class Harness:
             pull=pull or default_pull,
             plan=lambda svc, path: WorkerPlan(argv=("serve", str(path))),
             health=self.backend.health,
+            state_dir=state_dir,
         )
 
     def ready(self, name: str = "chat") -> int:
@@ -176,3 +184,74 @@ async def test_failed_pull_is_reported_and_retried() -> None:
         assert len(attempts) == 2
     finally:
         await h.controller.stop()
+
+
+CHANGED = SPEC.replace("storageUri: file:///models/chat}", "storageUri: file:///models/chat, args: [--v2]}")
+
+
+async def test_a_changed_predictor_rolls_out_only_once_the_new_revision_is_ready(harness: Harness) -> None:
+    harness.controller.apply([service()])
+    await until(lambda: harness.ready() == 1)
+    (old,) = harness.backend.live()
+    harness.backend.start_healthy = False  # the new revision's replica will not be ready yet
+    assert harness.controller.apply([service(CHANGED)]) == [
+        "chat: changed (new revision chat-00002; the current one serves until it is ready)"
+    ]
+    await until(lambda: len(harness.backend.launched) == 2)
+    new = harness.backend.launched[1]
+    assert new.plan.argv == ("serve", "/models/chat")
+    await harness.controller.reconcile()
+    assert [e.url for e in harness.registry.ready_endpoints("chat")] == [old.url]  # still the old one
+    status = harness.controller.status()[0]
+    assert (status["serving_revision"], status["latest_revision"]) == ("chat-00001", "chat-00002")
+    new.healthy = True
+    await until(lambda: [e.url for e in harness.registry.ready_endpoints("chat")] == [new.url])
+    await until(lambda: not old.running())  # drained and stopped once it had no traffic
+    assert [r["name"] for r in harness.controller.status()[0]["revisions"]] == ["chat-00002"]
+
+
+async def test_a_change_that_keeps_the_template_applies_in_place(harness: Harness) -> None:
+    harness.controller.apply([service()])
+    await until(lambda: harness.ready() == 1)
+    outcome = harness.controller.apply([service(SPEC.replace("maxReplicas: 3", "maxReplicas: 5"))])
+    assert outcome == ["chat: changed in place (revision chat-00001)"]
+    assert len(harness.backend.launched) == 1
+    assert harness.controller.status()[0]["max_replicas"] == 5
+
+
+async def test_a_suspect_replica_is_checked_at_once_and_replaced_if_unhealthy(harness: Harness) -> None:
+    slow = FAST.model_copy(update={"health_interval_s": 60.0})  # no periodic check would come in time
+    harness.controller.settings = slow
+    harness.controller.apply([service()])
+    await until(lambda: harness.ready() == 1)
+    (replica,) = harness.controller.replicas("chat")
+    replica._settings = slow
+    harness.backend.launched[0].healthy = False
+    assert harness.controller.suspect("chat", replica.replica_id)
+    await until(lambda: len(harness.backend.launched) == 2)
+    assert replica.record.last_exit == "a gateway could not use it and its health check failed"
+    assert not harness.controller.suspect("chat", "nope")
+
+
+async def test_a_new_controller_adopts_what_the_old_one_left_running(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "state")
+    first = Harness(state_dir=state)
+    await first.controller.start()
+    first.controller.apply([service()])
+    await until(lambda: first.ready() == 1)
+    (process,) = first.backend.live()
+    await first.controller.stop(keep_workers=True)
+    assert process.running()
+    assert first.backend.released
+    second = Harness(state_dir=state, backend=first.backend)  # the same machine
+    await second.controller.start()  # restores the service from the state dir, no apply needed
+    try:
+        assert second.ready() == 1
+        assert second.registry.ready_endpoints("chat")[0].url == process.url
+        assert first.backend.adopted == [process]
+        assert len(first.backend.launched) == 1  # nothing started again
+        assert second.controller.status()[0]["replicas"][0]["adopted"]
+    finally:
+        await second.controller.stop()
+    assert not process.running()
+    assert state.replicas() == []

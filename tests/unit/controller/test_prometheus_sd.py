@@ -132,6 +132,6 @@ async def test_from_a_real_controller_status() -> None:
         groups = prometheus_targets({"services": controller.status()})
     finally:
         await controller.stop()
-    assert sorted(g["labels"]["replica"] for g in groups) == ["chat-0", "chat-1"]
+    assert sorted(g["labels"]["replica"] for g in groups) == ["chat-00001-0", "chat-00001-1"]
     assert {g["labels"]["runtime"] for g in groups} == {"vllm"}
     assert all(g["targets"][0].startswith("fake-") for g in groups)

@@ -1,0 +1,60 @@
+"""Ejection: a replica out of rotation on this gateway, back when restarted, when its time is over, or gone."""
+
+from __future__ import annotations
+
+from gateway.ejection import EjectingView, Ejector
+from llmserve.endpoints import Endpoint, EndpointRegistry, ServiceInfo
+
+A = Endpoint("chat", "chat-00001-0", "http://a:1")
+B = Endpoint("chat", "chat-00001-1", "http://b:1")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def view() -> tuple[EjectingView, Ejector, EndpointRegistry, Clock, list[tuple[str, str]]]:
+    registry = EndpointRegistry()
+    registry.declare_service(ServiceInfo(name="chat", model_name="chat"))
+    registry.publish(A)
+    registry.publish(B)
+    told: list[tuple[str, str]] = []
+    clock = Clock()
+    ejector = Ejector(base_s=5, max_s=60, clock=clock, on_eject=lambda e, why: told.append((e.replica_id, why)))
+    return EjectingView(registry, ejector), ejector, registry, clock, told
+
+
+def test_an_ejected_replica_is_left_out_until_its_time_is_over() -> None:
+    endpoints, ejector, _, clock, told = view()
+    changed: list[str] = []
+    endpoints.subscribe(changed.append)
+    assert endpoints.ready_endpoints("chat") == (A, B)
+    ejector.eject(A, "unreachable")
+    assert endpoints.ready_endpoints("chat") == (B,)
+    assert changed == ["chat"]
+    assert told == [("chat-00001-0", "unreachable")]
+    clock.now += 5.1
+    assert endpoints.ready_endpoints("chat") == (A, B)
+
+
+def test_ejected_again_it_stays_out_twice_as_long() -> None:
+    endpoints, ejector, _, clock, _ = view()
+    ejector.eject(A, "unreachable")
+    clock.now += 6
+    ejector.eject(A, "unreachable")
+    clock.now += 6
+    assert endpoints.ready_endpoints("chat") == (B,)  # 10 s the second time
+    clock.now += 4.1
+    assert endpoints.ready_endpoints("chat") == (A, B)
+
+
+def test_a_replica_restarted_at_another_address_is_used_at_once() -> None:
+    endpoints, ejector, registry, _, _ = view()
+    ejector.eject(A, "engine dead")
+    restarted = Endpoint("chat", A.replica_id, "http://a:2")
+    registry.publish(restarted)
+    assert restarted in endpoints.ready_endpoints("chat")
