@@ -160,7 +160,9 @@ def test_the_controller_checks_a_graph_against_its_running_services() -> None:
     document["spec"]["exposeAs"] = {"model": "chat"}
     exposed = InferenceGraph.model_validate(document)
     with pytest.raises(SpecError, match="'chat' is already served"):
-        check_graphs("apply", [exposed], [], known_services={"a", "b"}, known_models={"chat"}, where="on the controller")
+        check_graphs(
+            "apply", [exposed], [], known_services={"a", "b"}, known_models={"chat"}, where="on the controller"
+        )
 
 
 def test_an_exposed_model_name_must_be_free() -> None:
