@@ -32,16 +32,16 @@ PREDICTIVE_FORMATS = ("sklearn", "xgboost", "lightgbm")
 DOCUMENT_FORMATS = ("documents",)
 ModelFormatName = Literal["huggingface", "safetensors", "gguf", "sklearn", "xgboost", "lightgbm", "documents"]
 # vllm: the real engine; vllm-sim: the vLLM-contract simulator (tests, benchmarks); llmserve-v2: predictive models;
-# llmserve-embeddings: a sentence-embedding model on transformers (OpenAI /v1/embeddings); llmserve-retriever: an
-# in-memory vector index over a document set (KServe V1 :predict), for RAG graphs.
-RuntimeName = Literal["vllm", "vllm-sim", "llmserve-v2", "llmserve-embeddings", "llmserve-retriever"]
+# llmserve-retriever: an in-memory vector index over a document set (KServe V1 :predict), for RAG graphs.
+# (Embedding models run on vllm with `--runner pooling`.)
+RuntimeName = Literal["vllm", "vllm-sim", "llmserve-v2", "llmserve-retriever"]
 RUNTIME_FORMATS: dict[str, tuple[str, ...]] = {
     "vllm": LLM_FORMATS,
     "vllm-sim": LLM_FORMATS,
     "llmserve-v2": PREDICTIVE_FORMATS,
-    "llmserve-embeddings": ("huggingface", "safetensors"),
     "llmserve-retriever": DOCUMENT_FORMATS,
 }
+RETRIEVER_FLAGS = ("--embeddings-url", "--embeddings-model")
 # Runtimes that speak the V2 / KServe V1 protocols (the gateway's /v2 and :predict routes); the others OpenAI's.
 V2_RUNTIMES = ("llmserve-v2", "llmserve-retriever")
 
@@ -289,4 +289,11 @@ class InferenceService(_Strict):
                 f"spec.predictor.model: runtime '{self.runtime}' does not serve modelFormat "
                 f"'{model.model_format.name}' (it serves: {', '.join(allowed)})"
             )
+        if self.runtime == "llmserve-retriever":
+            missing = [flag for flag in RETRIEVER_FLAGS if not any(a.split("=")[0] == flag for a in model.args)]
+            if missing:
+                raise ValueError(
+                    f"spec.predictor.model.args: the llmserve-retriever runtime needs {' and '.join(missing)} "
+                    "(e.g. --embeddings-url http://127.0.0.1:8080 --embeddings-model minilm)"
+                )
         return self
