@@ -4,7 +4,7 @@ CONFIG ?= configs/quickstart.yaml
 PORT   ?= 8080
 BIN    := $(VENV)/bin
 
-.PHONY: up test setup lint pull bench clean
+.PHONY: up test setup lint pull iris bench clean
 
 up: setup
 	$(BIN)/llmserve pull $(CONFIG)
@@ -26,6 +26,9 @@ lint: setup
 
 pull: setup
 	$(BIN)/llmserve pull $(CONFIG)
+
+iris: setup  # re-train the ready-to-run iris model that configs/iris.yaml serves (it is shipped already)
+	$(BIN)/python scripts/train_iris.py configs/iris
 
 clean:
 	rm -rf $(VENV) .llmserve .mypy_cache .ruff_cache .pytest_cache
