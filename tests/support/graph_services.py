@@ -37,7 +37,8 @@ class SimProcess:
     def metric(self, name: str) -> float:
         """The sum of a vLLM metric's samples on this worker's /metrics."""
         text = httpx.get(f"{self.url}/metrics", timeout=5).text
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(f"vllm:{name}"))
+        prefixes = (f"vllm:{name}{{", f"vllm:{name} ")
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefixes))
 
 
 @contextmanager
