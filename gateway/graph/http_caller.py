@@ -5,7 +5,7 @@ goes through the scheduler and the activator takes its place (same interface: st
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -35,22 +35,11 @@ class HttpStepCaller:
 
     async def __call__(self, target: StepTarget, body: bytes, headers: Headers, stream: bool) -> StepAnswer:
         base, path, body = self._where(target, body)
-        sent = [(k, v) for k, v in headers if k.lower() not in _HOP_HEADERS]
         try:
-            response = await self.pool.request(base, b"POST", path.encode(), sent, body)
+            response = await self.pool.request(base, b"POST", path.encode(), step_headers(headers), body)
         except UpstreamError as exc:  # KServe: a step that cannot be called is a 500
             raise ServingError(500, f"{target.label}: {exc}", code="step_unreachable") from None
-        content_type = response.header(b"content-type") or b"application/json"
-        answer_headers = [(b"content-type", content_type)]
-        if stream and response.header(b"content-length") is None and content_type.startswith(_EVENT_STREAM):
-            return StepAnswer(response.status, answer_headers, _chunks(response, target.label))
-        try:
-            data = await response.read()
-        except UpstreamError as exc:
-            raise ServingError(500, f"{target.label}: {exc}", code="step_unreachable") from None
-        finally:
-            response.abort()  # a no-op once complete; cancelled mid-read: the worker sees the close
-        return StepAnswer(response.status, answer_headers, data)
+        return await step_answer(response, target.label, stream)
 
     def _where(self, target: StepTarget, body: bytes) -> tuple[str, str, bytes]:
         if target.service_url is not None:
@@ -70,11 +59,67 @@ class HttpStepCaller:
         await self.pool.close()
 
 
-async def _chunks(response: UpstreamResponse, label: str) -> AsyncGenerator[bytes, None]:
+def step_headers(headers: Headers) -> Headers:
+    """The graph's headers for a step, without the ones the upstream client writes itself."""
+    return [(k, v) for k, v in headers if k.lower() not in _HOP_HEADERS]
+
+
+async def step_answer(
+    response: UpstreamResponse, label: str, stream: bool, on_end: Callable[[], None] | None = None
+) -> StepAnswer:
+    """A worker's response (headers in) as a step's answer: chunks when `stream` and it is an SSE stream, else the
+    whole body. `on_end` runs once the exchange is over (read, failed, or its chunks closed): a gateway caller
+    releases its load-ledger entry there. Shared by every step caller that talks HTTP/1.1 through UpstreamPool."""
+    content_type = response.header(b"content-type") or b"application/json"
+    headers = [(b"content-type", content_type)]
+    if stream and response.header(b"content-length") is None and content_type.startswith(_EVENT_STREAM):
+        return StepAnswer(response.status, headers, UpstreamChunks(response, label, on_end))
     try:
-        while (chunk := await response.next_chunk()) is not None:
-            yield chunk
+        data = await response.read()
     except UpstreamError as exc:
-        raise ServingError.upstream_failure(f"{label}: {exc}") from None
+        raise ServingError(500, f"{label}: {exc}", code="step_unreachable") from None
     finally:
-        response.abort()
+        response.abort()  # a no-op once complete; cancelled mid-read: the worker sees the close
+        if on_end is not None:
+            on_end()
+    return StepAnswer(response.status, headers, data)
+
+
+class UpstreamChunks:
+    """A streamed worker response as `Chunks`: ends (and aborts the exchange unless it completed) on its last
+    chunk, on a failure, or on `aclose()`, whichever comes first; `on_end` runs once."""
+
+    def __init__(self, response: UpstreamResponse, label: str, on_end: Callable[[], None] | None) -> None:
+        self._response = response
+        self._label = label
+        self._on_end = on_end
+        self._ended = False
+
+    def __aiter__(self) -> UpstreamChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._ended:
+            raise StopAsyncIteration
+        try:
+            chunk = await self._response.next_chunk()
+        except UpstreamError as exc:
+            self._end()
+            raise ServingError.upstream_failure(f"{self._label}: {exc}") from None
+        except BaseException:
+            self._end()
+            raise
+        if chunk is None:
+            self._end()
+            raise StopAsyncIteration
+        return chunk
+
+    async def aclose(self) -> None:
+        self._end()
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._response.abort()  # a no-op once complete
+            if self._on_end is not None:
+                self._on_end()

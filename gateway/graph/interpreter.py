@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from gateway.graph import bodies
@@ -92,7 +92,7 @@ class GraphRouter:
             ) from None
         if isinstance(answer.body, bytes):
             return StepAnswer(answer.status, _whole_headers(answer), answer.body)
-        return StepAnswer(answer.status, answer.headers, self._idle_bounded(answer.body))
+        return StepAnswer(answer.status, answer.headers, IdleBounded(answer.body, self._idle_limit))
 
     # -- nodes ------------------------------------------------------------------------------------------------
     async def _node(self, name: str, body: bytes, headers: Headers, terminal: bool) -> StepAnswer:
@@ -198,24 +198,32 @@ class GraphRouter:
             ) from None
         return answer
 
-    async def _idle_bounded(self, chunks: Chunks) -> AsyncGenerator[bytes, None]:
-        """The streamed answer's chunks, each within the idle limit of the one before."""
+
+class IdleBounded:
+    """A streamed answer whose every chunk must come within `idle_s` of the one before (504 mid-stream otherwise);
+    closing it closes the step's stream."""
+
+    def __init__(self, chunks: Chunks, idle_s: float) -> None:
+        self._chunks = chunks
+        self._idle_s = idle_s
+
+    def __aiter__(self) -> IdleBounded:
+        return self
+
+    async def __anext__(self) -> bytes:
         try:
-            while True:
-                try:
-                    async with asyncio.timeout(self._idle_limit):
-                        chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    return
-                except TimeoutError:
-                    raise ServingError(
-                        504,
-                        f"the stream stalled: nothing for {self._idle_limit:g} s (routerTimeouts.streamIdle)",
-                        code="stream_idle_timeout",
-                    ) from None
-                yield chunk
-        finally:
-            await chunks.aclose()
+            async with asyncio.timeout(self._idle_s):
+                return await anext(self._chunks)
+        except TimeoutError:
+            await self._chunks.aclose()
+            raise ServingError(
+                504,
+                f"the stream stalled: nothing for {self._idle_s:g} s (routerTimeouts.streamIdle)",
+                code="stream_idle_timeout",
+            ) from None
+
+    async def aclose(self) -> None:
+        await self._chunks.aclose()
 
 
 async def _next_in_order(tasks: list[asyncio.Task[_Member]], index: int) -> _Member:

@@ -9,21 +9,32 @@ The interpreter never opens a connection itself. It hands each service step to a
 - `stream`: whether a streamed answer may be returned as chunks (only the step whose answer is the client's,
   declared `stream: true`). Without it the caller may still return chunks: the interpreter reads them whole.
 
-It returns a `StepAnswer` whose body is bytes or an async generator of chunks (closing the generator must abort
-the upstream exchange), or raises `ServingError` when the step cannot be called (the status is kept: 500 for a
-transport failure, as KServe; a caller that routes through an activator may say 503). A non-2xx answer is an
-answer, not an error: the graph's dependency rules decide what it means.
+It returns a `StepAnswer` whose body is bytes or a stream of chunks (`Chunks`: async-iterable, and `aclose()`
+aborts the upstream exchange even when no chunk was read yet: a plain async generator does not run its cleanup
+then, so callers use a small class), or raises `ServingError` when the step cannot be called (the status is
+kept: 500 for a transport failure, as KServe; a caller that routes through an activator may say 503). A non-2xx
+answer is an answer, not an error: the graph's dependency rules decide what it means.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 Headers = list[tuple[bytes, bytes]]
-Chunks = AsyncGenerator[bytes, None]
 JSON_TYPE = b"application/json"
+
+
+class Chunks(Protocol):
+    """A streamed body: iterate for the chunks; `aclose()` ends it (and its upstream) at any point."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def __anext__(self) -> bytes: ...
+
+    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
