@@ -4,7 +4,7 @@ CONFIG ?= configs/quickstart.yaml
 PORT   ?= 8080
 BIN    := $(VENV)/bin
 
-.PHONY: up test setup lint pull load bench clean
+.PHONY: up test setup lint pull load iris bench clean
 
 up: setup
 	$(BIN)/llmserve pull $(CONFIG)
@@ -39,6 +39,9 @@ load: setup
 	$(BIN)/locust -f benchmarks/locustfile.py --headless --host $(LOAD_URL) --users $(LOAD_USERS) \
 		--spawn-rate $(LOAD_USERS) --run-time $(LOAD_TIME) --stop-timeout 30 --csv $(LOAD_CSV) --only-summary $(LOAD_ARGS)
 	@echo "load: $(LOAD_CSV)_stats.csv (TTFT, ITL and E2E rows are the streams' own timings)"
+
+iris: setup  # re-train the ready-to-run iris model that configs/iris.yaml serves (it is shipped already)
+	$(BIN)/python scripts/train_iris.py configs/iris
 
 clean:
 	rm -rf $(VENV) .llmserve .mypy_cache .ruff_cache .pytest_cache

@@ -42,6 +42,7 @@ from llmserve.protocol.vllm_metrics import parse_vllm_metrics
 from llmserve.spec import InferenceService, SpecError
 from llmserve.spec.models import parse_quantity
 from llmserve.workers import WorkerPlan
+from llmserve.workers.retriever import retriever_plan
 from llmserve.workers.sim.plan import sim_plan
 from llmserve.workers.v2 import v2_plan
 from llmserve.workers.vllm import vllm_plan
@@ -100,6 +101,8 @@ def _runtime_plan(python: str | None) -> PlanFn:
             return dataclasses.replace(plan, env={**plan.env, **{v.name: v.value for v in model.env}})
         if service.runtime == "llmserve-v2":
             return v2_plan(service, model_dir, python=python)
+        if service.runtime == "llmserve-retriever":
+            return retriever_plan(service, model_dir, python=python)
         raise ValueError(f"no runtime named '{service.runtime}'")
 
     return plan

@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 
+GRAPH_FAILURE = "Failed to process request"
+
 
 class ServingError(Exception):
     """A failure with an HTTP status, an OpenAI error type, and optionally the offending parameter."""
@@ -84,6 +86,10 @@ class ServingError(Exception):
 
     def v2_body(self) -> dict[str, Any]:
         return {"error": self.message}
+
+    def graph_body(self) -> dict[str, Any]:
+        """KServe's InferenceGraph router envelope: `{"error": "Failed to process request", "cause": ...}`."""
+        return {"error": GRAPH_FAILURE, "cause": self.message}
 
     def render(self, path: str) -> bytes:
         """The body for a request to `path`: the V2 envelope under /v2, OpenAI's elsewhere."""

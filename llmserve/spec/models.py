@@ -25,17 +25,25 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 API_VERSION = "serving.llmserve.io/v1alpha1"
 
-# Formats served by an LLM engine (vLLM); #3 adds the predictive formats.
+# Formats served by an LLM engine (vLLM); #3 adds the predictive formats; `documents`: a directory of text files
+# (the retriever's document set).
 LLM_FORMATS = ("huggingface", "safetensors", "gguf")
 PREDICTIVE_FORMATS = ("sklearn", "xgboost", "lightgbm")
-ModelFormatName = Literal["huggingface", "safetensors", "gguf", "sklearn", "xgboost", "lightgbm"]
-# vllm: the real engine; vllm-sim: the vLLM-contract simulator (tests, benchmarks); llmserve-v2: predictive models.
-RuntimeName = Literal["vllm", "vllm-sim", "llmserve-v2"]
+DOCUMENT_FORMATS = ("documents",)
+ModelFormatName = Literal["huggingface", "safetensors", "gguf", "sklearn", "xgboost", "lightgbm", "documents"]
+# vllm: the real engine; vllm-sim: the vLLM-contract simulator (tests, benchmarks); llmserve-v2: predictive models;
+# llmserve-retriever: an in-memory vector index over a document set (KServe V1 :predict), for RAG graphs.
+# (Embedding models run on vllm with `--runner pooling`.)
+RuntimeName = Literal["vllm", "vllm-sim", "llmserve-v2", "llmserve-retriever"]
 RUNTIME_FORMATS: dict[str, tuple[str, ...]] = {
     "vllm": LLM_FORMATS,
     "vllm-sim": LLM_FORMATS,
     "llmserve-v2": PREDICTIVE_FORMATS,
+    "llmserve-retriever": DOCUMENT_FORMATS,
 }
+RETRIEVER_FLAGS = ("--embeddings-url", "--embeddings-model")
+# Runtimes that speak the V2 / KServe V1 protocols (the gateway's /v2 and :predict routes); the others OpenAI's.
+V2_RUNTIMES = ("llmserve-v2", "llmserve-retriever")
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
@@ -91,7 +99,8 @@ class Metadata(_Strict):
 
 class ModelFormat(_Strict):
     name: ModelFormatName = Field(
-        description="Model format: huggingface, safetensors or gguf (LLMs); sklearn, xgboost or lightgbm (V2)."
+        description="Model format: huggingface, safetensors or gguf (LLMs); sklearn, xgboost or lightgbm (V2); "
+        "documents (a retriever's document set)."
     )
     version: str | None = Field(default=None, description="Format version, informational.")
 
@@ -396,11 +405,13 @@ class InferenceService(_Strict):
         model = self.spec.predictor.model
         if model.runtime is not None:
             return model.runtime
+        if model.model_format.name in DOCUMENT_FORMATS:
+            return "llmserve-retriever"
         return "llmserve-v2" if model.model_format.name in PREDICTIVE_FORMATS else "vllm"
 
     @property
     def protocol(self) -> Literal["openai", "v2"]:
-        return "v2" if self.runtime == "llmserve-v2" else "openai"
+        return "v2" if self.runtime in V2_RUNTIMES else "openai"
 
     @model_validator(mode="after")
     def _runtime_serves_format(self) -> InferenceService:
@@ -411,4 +422,11 @@ class InferenceService(_Strict):
                 f"spec.predictor.model: runtime '{self.runtime}' does not serve modelFormat "
                 f"'{model.model_format.name}' (it serves: {', '.join(allowed)})"
             )
+        if self.runtime == "llmserve-retriever":
+            missing = [flag for flag in RETRIEVER_FLAGS if not any(a.split("=")[0] == flag for a in model.args)]
+            if missing:
+                raise ValueError(
+                    f"spec.predictor.model.args: the llmserve-retriever runtime needs {' and '.join(missing)} "
+                    "(e.g. --embeddings-url http://127.0.0.1:8080 --embeddings-model minilm)"
+                )
         return self

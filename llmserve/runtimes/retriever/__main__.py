@@ -1,0 +1,47 @@
+"""`python -m llmserve.runtimes.retriever --port P --name NAME --documents DIR --embeddings-url URL
+--embeddings-model M [--top-k 2]`: one retriever replica. The API key for the embeddings service, if it needs one,
+comes from the environment (LLMSERVE_EMBEDDINGS_API_KEY), never from argv."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m llmserve.runtimes.retriever", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--name", required=True, help="the model name it serves at /v1/models/NAME:predict")
+    parser.add_argument("--documents", type=Path, required=True, help="directory of *.md / *.txt documents")
+    parser.add_argument("--embeddings-url", required=True, help="base URL of an OpenAI-compatible /v1/embeddings")
+    parser.add_argument("--embeddings-model", required=True, help="the embeddings model name to send")
+    parser.add_argument("--top-k", type=int, default=2, help="passages per question")
+    parser.add_argument("--index-within-s", type=float, default=600.0, help="how long to wait for embeddings")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import uvicorn
+
+    from llmserve.runtimes.retriever.app import RetrieverApp
+    from llmserve.runtimes.retriever.documents import load_passages
+    from llmserve.runtimes.retriever.embedder import Embedder
+    from llmserve.runtimes.retriever.retrieval import Retriever
+
+    try:
+        passages = load_passages(args.documents)
+    except (OSError, ValueError) as exc:
+        parser.error(str(exc))
+    embedder = Embedder(
+        args.embeddings_url, args.embeddings_model, api_key=os.environ.get("LLMSERVE_EMBEDDINGS_API_KEY") or None
+    )
+    app = RetrieverApp(args.name, Retriever(passages, embedder, top_k=args.top_k), index_within_s=args.index_within_s)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, lifespan="on")
+
+
+if __name__ == "__main__":
+    main()
