@@ -1,7 +1,8 @@
 """One gateway process: the controller's watch, the load ledger, demand reports, and the HTTP server.
 
-`DataPlane.start()` binds the port (with SO_REUSEPORT when several gateway processes share it), starts following
-the controller, and serves; requests that arrive before the first snapshot find no model (and /ready says 503).
+`DataPlane.start()` binds the port (SO_REUSEPORT when several gateway processes share it: settings.reuse_port),
+starts following the controller, and serves; requests that arrive before the first snapshot find no model (and
+/ready says 503).
 `stop()` stops serving (connections get `timeout_graceful_shutdown` to finish), then the watch and the reports.
 """
 
@@ -39,12 +40,10 @@ class DataPlane:
         settings: GatewaySettings,
         link: ControlLinkSettings,
         *,
-        reuse_port: bool = False,
         collectors: tuple[Collector, ...] = (),
     ) -> None:
         self.settings = settings
         self.link = link
-        self.reuse_port = reuse_port
         self.id = gateway_id()
         token = link.token.get_secret_value() if link.token is not None else None
         self.client = ControlClient(link.url, token)
@@ -69,7 +68,7 @@ class DataPlane:
         return None
 
     async def start(self) -> None:
-        sock = bind_socket(self.settings.host, self.settings.port, reuse_port=self.reuse_port)
+        sock = bind_socket(self.settings.host, self.settings.port, reuse_port=self.settings.reuse_port)
         self.port = int(sock.getsockname()[1])
         self.watch.start()
         self.reporter.start()

@@ -50,6 +50,11 @@ class GatewaySettings(BaseModel):
         default=5.0, gt=0, description="SSE comment interval for streaming requests held by the activator."
     )
 
+    reuse_port: bool = Field(
+        default=False,
+        description="Bind the HTTP and gRPC ports with SO_REUSEPORT: several gateway processes share them "
+        "(`llmserve gateway --workers N`). Off, a port in use is an error.",
+    )
     ejection_base_s: float = Field(
         default=5.0,
         gt=0,

@@ -475,7 +475,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     async def serve() -> None:
         from gateway.run import DataPlane
 
-        plane = DataPlane(settings, link, reuse_port=args.reuse_port)
+        plane = DataPlane(settings.model_copy(update={"reuse_port": args.reuse_port}), link)
         await plane.start()
         stopped = asyncio.ensure_future(plane.serve_until_stopped())
         signalled = asyncio.ensure_future(_until_signalled())

@@ -92,7 +92,8 @@ class GrpcProxy:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", -1),
-                ("grpc.so_reuseport", 0),  # a port in use is an error, not a port shared with another server
+                # A port in use is an error, unless several gateway processes share the port on purpose.
+                ("grpc.so_reuseport", 1 if self.deps.settings.reuse_port else 0),
             ]
         )
         server.add_generic_rpc_handlers((_Handler(self._methods()),))
