@@ -4,7 +4,7 @@ CONFIG ?= configs/quickstart.yaml
 PORT   ?= 8080
 BIN    := $(VENV)/bin
 
-.PHONY: up test setup lint pull load iris bench clean
+.PHONY: up test setup lint pull load iris bench bench-topology clean
 
 up: setup
 	$(BIN)/llmserve pull $(CONFIG)
@@ -45,3 +45,10 @@ iris: setup  # re-train the ready-to-run iris model that configs/iris.yaml serve
 
 clean:
 	rm -rf $(VENV) .llmserve .mypy_cache .ruff_cache .pytest_cache
+
+# The split topology's costs and gains (benchmarks/topology/run.py; results in benchmarks/results/topology_*.md).
+bench-topology: setup
+	$(BIN)/python benchmarks/topology/run.py hot-path --rounds 5 --duration 10
+	$(BIN)/python benchmarks/topology/run.py workers --rounds 5 --duration 10
+	$(BIN)/python benchmarks/topology/run.py controller-restart --rounds 5
+	$(BIN)/python benchmarks/topology/run.py restart --rounds 5
