@@ -52,3 +52,16 @@ def test_pull_of_a_local_model_directory(tmp_path: Path) -> None:
     missing = llmserve("pull", "file:///no/such/model")
     assert missing.returncode == 1
     assert "no such file or directory" in missing.stderr
+
+
+def test_a_controller_reachable_from_other_machines_needs_a_token(tmp_path: Path) -> None:
+    result = llmserve("controller", "--host", "0.0.0.0", "--port", "0", "--state-dir", str(tmp_path / "state"))
+    assert result.returncode == 1
+    assert "give it a token (--token or LLMSERVE_CONTROL_TOKEN)" in result.stderr
+    assert not (tmp_path / "state" / "control-token").exists()  # refused before anything was made
+
+
+def test_clients_say_when_no_controller_answers(tmp_path: Path) -> None:
+    result = llmserve("get", "--controller", "http://127.0.0.1:9", "--state-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert "cannot reach the controller at http://127.0.0.1:9" in result.stderr
