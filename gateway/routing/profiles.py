@@ -76,7 +76,7 @@ BUILTIN: dict[str, ProfileSpec] = {
     "least-request": ProfileSpec(scorers=[PluginRef(type="least-request")]),
     "prefix-chars": ProfileSpec(scorers=[PluginRef(type="char-prefix")]),  # production-stack's prefix routing
     "token-aware": ProfileSpec(
-        filters=[PluginRef(type="fresh-signals"), PluginRef(type="load-cap")],
+        filters=[PluginRef(type="fresh-signals")],  # no load-cap: prefill-wait already weighs affinity against load
         scorers=[
             PluginRef(type="prefix-cache", weight=1),  # must come before prefill-wait (which reads its matches)
             PluginRef(type="prefill-wait", weight=3),
