@@ -42,7 +42,10 @@ from llmserve.workers.sim.tokenizer import WordTokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
-POLICIES = ("round-robin", "least-request", "sticky-sessions", "prefix-chars", "llm-d-style", "token-aware")
+POLICIES = (
+    "round-robin", "least-request", "sticky-sessions", "prefix-chars", "llm-d-style",
+    "token-aware-capped", "token-aware",
+)  # fmt: skip
 OURS = "token-aware"
 LOADS = (0.3, 0.5, 0.7, 0.9, 1.0, 1.2)
 GOAL_LOADS = (0.5, 0.7, 0.9)
@@ -99,6 +102,7 @@ async def _run(spec: RunSpec) -> RunResult:
         clock=clock.now,
         encode=lambda text: tokenizer.encode(text, add_special_tokens=False),
         profiles_dir=REPO / "configs" / "routing",
+        extra_profiles=REPO / "benchmarks" / "routing" / "profiles",
     )
     profile = get_profile(spec.profile).with_overrides(num_blocks=spec.kv_blocks)
     fleet = Fleet(router, profile, spec.replicas, clock, measure_until_s=duration, horizon_s=horizon)
@@ -290,6 +294,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["PYTHONHASHSEED"] = "0"  # worker processes and a re-exec inherit it
         os.execv(sys.executable, [sys.executable, "-m", "benchmarks.routing.sweep", *(argv or sys.argv[1:])])
     load_before = os.getloadavg()
+    commit = git_head()
     started = datetime.datetime.now(datetime.UTC)
     data = sweep(args)
     data["meta"] = {
@@ -298,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
         "date": started.isoformat(timespec="minutes"),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "commit": git_head(),
+        "commit": commit,
         "profile": args.profile,
         "profile_num_blocks": get_profile(args.profile).num_blocks,
         "small_kv_blocks": args.small_kv_blocks,

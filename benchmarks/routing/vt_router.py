@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.routing import LoadBoard, RouteContext, Scheduler, load_profiles
+from gateway.routing.profiles import build_profile, load_profile_file
 from gateway.routing.scheduler import Assignment
 from gateway.routing.tokens import Encoder, PromptTokens
 from llmserve.endpoints import Endpoint, ServiceInfo
@@ -56,8 +57,8 @@ class Placement:
 
 
 class FleetRouter:
-    """One service of `replicas` replicas routed by the named profile (built-ins + `profiles_dir`), every random
-    choice drawn from `seed`, time read from `clock` (virtual seconds)."""
+    """One service of `replicas` replicas routed by the named profile (built-ins, `profiles_dir`, then
+    `extra_profiles`), every random choice drawn from `seed`, time read from `clock` (virtual seconds)."""
 
     def __init__(
         self,
@@ -68,8 +69,12 @@ class FleetRouter:
         clock: Callable[[], float],
         encode: Encoder,
         profiles_dir: Path | None = None,
+        extra_profiles: Path | None = None,
     ) -> None:
         profiles = load_profiles(profiles_dir, seed=seed, clock=clock)
+        for path in sorted(extra_profiles.glob("*.yaml")) if extra_profiles else []:
+            name, spec = load_profile_file(path)
+            profiles[name] = build_profile(name, spec, seed=seed, clock=clock)
         if profile not in profiles:
             raise SystemExit(f"unknown routing profile {profile!r}; known: {', '.join(sorted(profiles))}")
         self.board = LoadBoard()
