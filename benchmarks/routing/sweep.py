@@ -5,10 +5,10 @@
 For every workload (rag, chat, chat-shared, random) and KV cache size (the engine profile's own, and a small one):
 1. capacity: for each policy, the highest request rate at which it still answers 90 % of the requests within the
    TTFT SLO (p90 TTFT <= SLO), by doubling then bisecting the rate (seed 0);
-2. the load sweep: every policy at 0.3, 0.5, 0.7, 0.9 and 1.0 of the best policy's capacity, and past it (1.2)
-   for saturation, over --seeds seeds (each seed: its own trace, and the pickers' own draws); reported as the
-   median over seeds and the range (min-max);
-3. goodput: requests that met the TTFT SLO per second of the measured window, at every load.
+2. the load sweep: every policy at 0.3, 0.5, 0.7, 0.9 and 1.0 of the best policy's capacity, over --seeds seeds
+   (each seed: its own trace, and the pickers' own draws); reported as the median over seeds and the range;
+3. goodput: requests that met the TTFT SLO per second of the measured window, at every load (saturation: the
+   capacities of step 1, and goodput at load 1.0).
 
 The run is in virtual time (benchmarks/routing/vt_fleet.py, no HTTP, no wall clock), so what else runs on the
 machine does not change a number, and the same command gives the same file bit for bit. The engines use the
@@ -47,7 +47,8 @@ POLICIES = (
     "token-aware-capped", "token-aware",
 )  # fmt: skip
 OURS = "token-aware"
-LOADS = (0.3, 0.5, 0.7, 0.9, 1.0, 1.2)
+LOADS = (0.3, 0.5, 0.7, 0.9, 1.0)
+CAPACITY_ONLY = ("token-aware-capped",)  # our previous default: its capacity is shown, it is not swept
 GOAL_LOADS = (0.5, 0.7, 0.9)
 SLO_QUANTILE = 0.9
 
@@ -212,7 +213,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
                 plan = [
                     (load, _with(base, policy=p, rate=round(capacities[best] * load, 3), seed=seed,
                                  warm_requests=args.warm_requests, measured_requests=args.measured_requests))
-                    for load in LOADS for p in policies for seed in range(args.seeds)
+                    for load in LOADS for p in policies if p not in CAPACITY_ONLY for seed in range(args.seeds)
                 ]  # fmt: skip
                 results = runner.run([spec for _, spec in plan])
                 points = [
@@ -281,10 +282,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--small-kv-blocks", type=int, default=2048, help="the small KV cache, in blocks per engine")
     parser.add_argument("--replicas", type=int, default=4)
     parser.add_argument("--slo-ms", type=float, default=500.0, help="the TTFT SLO")
-    parser.add_argument("--warm-requests", type=int, default=200, help="requests before the measured window")
-    parser.add_argument("--measured-requests", type=int, default=500, help="requests in the measured window")
-    parser.add_argument("--capacity-warm", type=int, default=150)
-    parser.add_argument("--capacity-requests", type=int, default=400)
+    parser.add_argument("--warm-requests", type=int, default=150, help="requests before the measured window")
+    parser.add_argument("--measured-requests", type=int, default=400, help="requests in the measured window")
+    parser.add_argument("--capacity-warm", type=int, default=100)
+    parser.add_argument("--capacity-requests", type=int, default=300)
     parser.add_argument("--start-rate", type=float, default=20.0, help="requests/s where the capacity search starts")
     parser.add_argument("--bisect-steps", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (the numbers do not depend on it)")

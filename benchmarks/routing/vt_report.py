@@ -118,7 +118,8 @@ def write_report(data: dict[str, Any], out: Path) -> None:
         "inference-scheduling profile: prefix-cache 3, queue 2, kv-cache 2, max-score, weights from llm-d/llm-d "
         "`guides/inference-scheduling/scheduler/inference-scheduling.values.yaml`; `configs/routing/llm-d-style.yaml`)"
         "; `token-aware` (ours, the default); `token-aware-capped` (our previous default, with the load-cap filter "
-        "it dropped in this change: `benchmarks/routing/profiles/`, not a peer). The real peer routers "
+        "it dropped in this change: `benchmarks/routing/profiles/`; not a peer, and only its capacity is measured). "
+        "The real peer routers "
         "(vllm-router, sglang-router) run over HTTP in "
         "`benchmarks/routing/peers.py`, not here.",
         f"- TTFT SLO {slo:g} ms. **Capacity** of a policy: the highest request rate at which >= 90 % of requests get "
@@ -136,7 +137,7 @@ def write_report(data: dict[str, Any], out: Path) -> None:
         "## Capacity (requests/s at p90 TTFT <= SLO)",
         "",
     ]
-    policies = _policies(data["cells"][0])
+    policies = list(data["cells"][0]["capacity"])
     lines += ["| workload | KV cache | " + " | ".join(policies) + " |", "| --- | --- |" + " ---: |" * len(policies)]
     for cell in data["cells"]:
         caps = cell["capacity"]
