@@ -1,10 +1,11 @@
 """The llmserve gateway alone, in front of fixed worker URLs (no controller), for benchmarks.
 
     python benchmarks/gateway_overhead/serve_gateway.py --port 9002 --worker http://127.0.0.1:9000 --model m \
-        [--routing-profile token-aware] [--tokenizer-dir DIR] [--protocol v2 [--grpc-port 9003]]
+        [--routing-profile token-aware] [--tokenizer-dir DIR] [--protocol v2 [--grpc-port 9003]] [--upstream aiohttp]
 
 `--protocol v2`: the workers are V2 runtimes (`python -m llmserve.runtimes.server`) serving MODEL; the gateway
-routes /v2/models/MODEL/... (and KServe V1 :predict) to them.
+routes /v2/models/MODEL/... (and KServe V1 :predict) to them. `--upstream aiohttp`: the gateway's worker client
+is aiohttp's (benchmarks/gateway_overhead/aiohttp_upstream.py) instead of gateway/upstream.py.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ def main() -> None:
     parser.add_argument("--protocol", choices=["openai", "v2"], default="openai", help="what the workers speak")
     parser.add_argument("--grpc-port", type=int, default=0, help="the gateway's gRPC port (0: off)")
     parser.add_argument("--worker-grpc", action="append", default=[], help="V2 worker gRPC host:port (repeatable)")
+    parser.add_argument("--upstream", choices=["home", "aiohttp"], default="home", help="the client to the workers")
     args = parser.parse_args()
+    if args.upstream == "aiohttp":  # the one place the variant is swapped in (create_app builds the pool)
+        import gateway.app
+        from benchmarks.gateway_overhead.aiohttp_upstream import AiohttpUpstreamPool
+
+        gateway.app.UpstreamPool = AiohttpUpstreamPool  # type: ignore[misc,assignment]
     registry = EndpointRegistry()
     registry.declare_service(
         ServiceInfo(
