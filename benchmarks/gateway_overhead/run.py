@@ -139,7 +139,8 @@ def start_targets(backend_urls: list[str], names: list[str], args: argparse.Name
         elif name.startswith("vllm-router:"):
             exe = peer_python("vllm-router").parent / "vllm-router"
             cmd = [str(exe), "--worker-urls", *backend_urls, "--policy", name.split(":", 1)[1],
-                   "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+                   "--host", "127.0.0.1", "--port", str(port), "--prometheus-port", str(free_port()),
+                   "--log-level", "warning"]  # fmt: skip
             process = start(cmd, log)
             wait_http(f"{url}/health", process)
         elif name == "litellm":
