@@ -5,18 +5,23 @@
 
 `--protocol v2`: the workers are V2 runtimes (`python -m llmserve.runtimes.server`) serving MODEL; the gateway
 routes /v2/models/MODEL/... (and KServe V1 :predict) to them. `--upstream aiohttp`: the gateway's worker client
-is aiohttp's (benchmarks/gateway_overhead/aiohttp_upstream.py) instead of gateway/upstream.py.
+is aiohttp's (benchmarks/gateway_overhead/aiohttp_upstream.py) instead of gateway/upstream.py. Profiles: the
+built-in ones and configs/routing/*.yaml, every picker seeded from `--seed`.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import uvicorn
 
 from gateway.app import create_app
+from gateway.routing import LoadBoard, Scheduler, load_profiles
 from gateway.settings import GatewaySettings
 from llmserve.endpoints import Endpoint, EndpointRegistry, ServiceInfo
+
+PROFILES = Path(__file__).resolve().parents[2] / "configs" / "routing"
 
 
 def main() -> None:
@@ -30,6 +35,7 @@ def main() -> None:
     parser.add_argument("--grpc-port", type=int, default=0, help="the gateway's gRPC port (0: off)")
     parser.add_argument("--worker-grpc", action="append", default=[], help="V2 worker gRPC host:port (repeatable)")
     parser.add_argument("--upstream", choices=["home", "aiohttp"], default="home", help="the client to the workers")
+    parser.add_argument("--seed", type=int, default=0, help="the routing profiles' pickers draw from this seed")
     args = parser.parse_args()
     if args.upstream == "aiohttp":  # the one place the variant is swapped in (create_app builds the pool)
         import gateway.app
@@ -49,7 +55,11 @@ def main() -> None:
     for i, url in enumerate(args.worker):
         grpc_address = args.worker_grpc[i] if i < len(args.worker_grpc) else None
         registry.publish(Endpoint(args.model, f"{args.model}-{i}", url, grpc_address))
-    app = create_app(GatewaySettings(port=args.port, grpc_port=args.grpc_port), registry)
+    profiles = load_profiles(PROFILES, seed=args.seed)  # the built-ins and configs/routing (sticky-sessions, ...)
+    if args.routing_profile not in profiles:
+        raise SystemExit(f"unknown routing profile {args.routing_profile!r}; known: {', '.join(sorted(profiles))}")
+    scheduler = Scheduler(profiles, LoadBoard(), default_profile=args.routing_profile)
+    app = create_app(GatewaySettings(port=args.port, grpc_port=args.grpc_port), registry, scheduler=scheduler)
     uvicorn.run(
         app, host="127.0.0.1", port=args.port, http="httptools", loop="uvloop", access_log=False, log_level="warning"
     )
