@@ -249,8 +249,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "sim_calibration_holdout.md")
     args = parser.parse_args(argv)
-    text = report(run(), "python -m benchmarks.sim_calibration.holdout")
+    result = run()
+    text = report(result, "python -m benchmarks.sim_calibration.holdout")
     args.out.write_text(text)
+    errors = [abs(v) for values in result["folds"].values() for v in values]
+    summary = {"held_out_median_abs_error": statistics.median(errors), "held_out_max_abs_error": max(errors),
+               "points": len(errors)}  # fmt: skip
+    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
     print(text)
 
 
