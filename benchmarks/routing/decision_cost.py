@@ -42,36 +42,11 @@ from llmserve.storage import ModelCache
 from llmserve.workers.vllm_metrics import Scraped
 
 REPO = Path(__file__).resolve().parents[2]
-WORDS = [
-    "the",
-    "model",
-    "serves",
-    "tokens",
-    "quickly",
-    "while",
-    "the",
-    "cache",
-    "keeps",
-    "prefixes",
-    "warm",
-    "for",
-    "every",
-    "replica",
-    "in",
-    "the",
-    "pool",
-    "documents",
-    "questions",
-    "answers",
-    "routing",
-    "latency",
-    "throughput",
-    "gateway",
-    "scheduler",
-    "block",
-    "hash",
-    "index",
-]
+TEXT = (
+    "the model serves tokens quickly while the cache keeps prefixes warm for every replica in the pool documents "
+    "questions answers routing latency throughput gateway scheduler block hash index"
+)
+WORDS = TEXT.split()
 T = TypeVar("T")
 
 
