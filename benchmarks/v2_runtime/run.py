@@ -158,7 +158,16 @@ def start_target(name: str, model_dir: Path, started: list[Target]) -> Target:
     elif name == "kserve":
         python = peer_python("kserve")
         cmd = [str(python), str(HERE / "kserve_iris.py"), "--model_dir", str(model_dir)]
-        cmd += ["--http_port", str(port), "--grpc_port", str(free_port()), "--enable_latency_logging", "false"]
+        cmd += [
+            "--http_port",
+            str(port),
+            "--grpc_port",
+            str(free_port()),
+            "--enable_latency_logging",
+            "false",
+            "--log_config_file",
+            str(HERE / "kserve_logging.json"),
+        ]  # no per-request access or timing lines
         process = start(cmd, log)
     else:
         raise SystemExit(f"unknown target {name}")
@@ -289,7 +298,8 @@ def write_report(
         "front of the llmserve runtime, CPU counted for both; mlserver-{batch,nobatch}-pw{0,1}: MLServer 1.7.1 + "
         "mlserver-sklearn, `debug: false`, `parallel_workers` 0 or 1, adaptive batching with max_batch_size 64 and "
         f"max_batch_time {args.mlserver_batch_ms:g} ms (batch) or off (nobatch), uvloop 0.21.0; kserve: KServe "
-        "0.21.0 ModelServer (benchmarks/v2_runtime/kserve_iris.py) with `--enable_latency_logging false`",
+        "0.21.0 ModelServer (benchmarks/v2_runtime/kserve_iris.py) with `--enable_latency_logging false` and "
+        "`--log_config_file kserve_logging.json` (its per-request access and timing lines at WARNING)",
         f"- KServe's REST client (InferenceRESTClient): {checks}",
         "",
         "| target | scenario | req/s | p50 ms | p99 ms | server CPU us/req | errors |",
