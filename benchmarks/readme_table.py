@@ -44,29 +44,38 @@ def _range(values: list[float]) -> str:
 
 
 def routing_virtual(path: Path) -> str:
-    from benchmarks.routing.vt_report import GOAL_LOADS, headline
+    from benchmarks.routing.vt_report import GOAL_LOADS, OURS, OURS_BEFORE, goal_lines, headline
 
     data = _json(path)
     meta = data["meta"]
     rows = headline(data)
+    goals = goal_lines(data, rows)
+    missed = sum(line.count("MISSED") for line in goals)
+    verdict = f"{missed} of {sum(line.count('goal') for line in goals)} missed" if missed else "all met"
     parts = []
     for workload in dict.fromkeys(r["workload"] for r in rows):
         per_kv = []
-        for kv in sorted({r["kv_blocks"] for r in rows if r["workload"] == workload}, reverse=True):
+        for cell in [c for c in data["cells"] if c["workload"] == workload]:
+            kv = cell["kv_blocks"]
             chosen = [r for r in rows if r["workload"] == workload and r["kv_blocks"] == kv and r["load"] in GOAL_LOADS]
             label = "own KV" if kv == meta["profile_num_blocks"] else f"{kv}-block KV"
             if workload == "random":
-                per_kv.append(f"{label} {_range([r['vs_least_request'][0] for r in chosen])} of least-request's TTFT")
-            else:
-                ttft = _range([r["ttft_ratio"][0] for r in chosen])
-                good = _range([r["goodput_ratio"][0] for r in chosen])
-                per_kv.append(f"{label} TTFT {ttft} lower, goodput {good}")
-        parts.append(f"{workload}: " + "; ".join(per_kv))
+                per_kv.append(
+                    f"{label}: mean TTFT {_range([r['vs_least_request'][0] for r in chosen])} of least-request's"
+                )
+                continue
+            caps = cell["capacity"]
+            peer = max((p for p in caps if p not in (OURS, OURS_BEFORE)), key=lambda p: caps[p])
+            ttft = _range([r["ttft_ratio"][0] for r in chosen])
+            good = _range([r["goodput_ratio"][0] for r in chosen])
+            per_kv.append(f"{label}: mean TTFT peer/ours {ttft}, goodput ours/peer {good}, capacity ours/{peer} "
+                          f"{caps[OURS] / caps[peer]:.2f}x")  # fmt: skip
+        parts.append(f"**{workload}** " + "; ".join(per_kv))
     return (
-        f"token-aware vs the best peer profile (llm-d-style, sticky-sessions, prefix-chars, least-request, "
-        f"round-robin) at loads {GOAL_LOADS[0]:g}-{GOAL_LOADS[-1]:g} of capacity, median [range] over loads of the "
-        f"{meta['seeds']}-seed medians, {meta['replicas']} engines, **model estimate** ({meta['profile']}): "
-        + " · ".join(parts)
+        f"token-aware against the best peer profile at each load (llm-d-style, sticky-sessions, prefix-chars, "
+        f"least-request, round-robin), loads {GOAL_LOADS[0]:g}-{GOAL_LOADS[-1]:g} of capacity, median [range] over "
+        f"loads of {meta['seeds']}-seed medians, {meta['replicas']} engines, **model estimate** ({meta['profile']} "
+        "constants): " + " · ".join(parts) + f" (> 1x: token-aware better; issue 14's goals: {verdict})"
     )
 
 

@@ -102,7 +102,8 @@ def write_report(data: dict[str, Any], out: Path) -> None:
         f"- date: {meta['date']} UTC; commit {meta['commit']}",
         f"- machine: {meta['machine']}; load average (1, 5, 15 min) before {meta['load_average_before']}, after "
         f"{meta['load_average_after']}. The run is in virtual time: the load on the machine changes how long it "
-        "takes, not a number in this file (the same command rewrites it bit for bit).",
+        "takes, not a number in this file (the same command gives the same numbers and plots; only this line and the "
+        "date differ).",
         f"- engines: {meta['replicas']} x the simulator's engine (`llmserve/workers/sim/engine.py`), profile "
         f"`{meta['profile']}`. **Model estimate**: that profile's latency constants come from published vLLM and "
         "SGLang numbers, not from a calibration on a GPU (`llmserve/workers/sim/profiles.py`; the calibrated profile "
