@@ -97,6 +97,19 @@ def start(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subpr
         )  # fmt: skip
 
 
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each process group, then SIGKILL what is left after 10 s (LiteLLM's workers, for one)."""
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(max(0.1, deadline - time.monotonic()))
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
 def tokenizer_dir() -> str | None:
     from llmserve.storage import ModelCache
 
@@ -242,11 +255,7 @@ def main() -> None:
                         flush=True,
                     )
     finally:
-        for target in targets:
-            if target.process is not None:
-                os.killpg(target.process.pid, signal.SIGTERM)
-        for backend in backends:
-            os.killpg(backend.pid, signal.SIGTERM)
+        stop([t.process for t in targets if t.process is not None] + backends)
     write_report(args, targets, load_before)
 
 

@@ -175,6 +175,19 @@ def start_target(name: str, model_dir: Path, started: list[Target]) -> Target:
     return Target(name, url, process, also=also)
 
 
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each process group, then SIGKILL what is left after 10 s (MLServer's workers can ignore SIGTERM)."""
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(max(0.1, deadline - time.monotonic()))
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # the group: children that outlived their parent too
+
+
 def check_answer(target: Target) -> None:
     response = httpx.post(f"{target.url}/v2/models/iris/infer", json=BODY, timeout=10)
     response.raise_for_status()
@@ -253,9 +266,7 @@ def main() -> None:
                         flush=True,
                     )
     finally:
-        for target in targets:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(target.process.pid, signal.SIGTERM)
+        stop([t.process for t in targets])
     write_report(args, targets, client_checks, load_before)
 
 
