@@ -1,21 +1,28 @@
 """The llmserve gateway alone, in front of fixed worker URLs (no controller), for benchmarks.
 
     python benchmarks/gateway_overhead/serve_gateway.py --port 9002 --worker http://127.0.0.1:9000 --model m \
-        [--routing-profile token-aware] [--tokenizer-dir DIR] [--protocol v2 [--grpc-port 9003]]
+        [--routing-profile token-aware] [--tokenizer-dir DIR] [--protocol v2 [--grpc-port 9003]] [--upstream aiohttp]
 
 `--protocol v2`: the workers are V2 runtimes (`python -m llmserve.runtimes.server`) serving MODEL; the gateway
-routes /v2/models/MODEL/... (and KServe V1 :predict) to them.
+routes /v2/models/MODEL/... (and KServe V1 :predict) to them. `--upstream aiohttp`: the gateway's worker client
+is aiohttp's (benchmarks/gateway_overhead/aiohttp_upstream.py) instead of gateway/upstream.py. Profiles: the
+built-in ones and configs/routing/*.yaml, every picker seeded from `--seed`.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import uvicorn
 
 from gateway.app import create_app
+from gateway.ledger import LoadLedger
+from gateway.routing import Scheduler, load_profiles
 from gateway.settings import GatewaySettings
 from llmserve.endpoints import Endpoint, EndpointRegistry, ServiceInfo
+
+PROFILES = Path(__file__).resolve().parents[2] / "configs" / "routing"
 
 
 def main() -> None:
@@ -28,7 +35,14 @@ def main() -> None:
     parser.add_argument("--protocol", choices=["openai", "v2"], default="openai", help="what the workers speak")
     parser.add_argument("--grpc-port", type=int, default=0, help="the gateway's gRPC port (0: off)")
     parser.add_argument("--worker-grpc", action="append", default=[], help="V2 worker gRPC host:port (repeatable)")
+    parser.add_argument("--upstream", choices=["home", "aiohttp"], default="home", help="the client to the workers")
+    parser.add_argument("--seed", type=int, default=0, help="the routing profiles' pickers draw from this seed")
     args = parser.parse_args()
+    if args.upstream == "aiohttp":  # the one place the variant is swapped in (create_app builds the pool)
+        import gateway.app
+        from benchmarks.gateway_overhead.aiohttp_upstream import AiohttpUpstreamPool
+
+        gateway.app.UpstreamPool = AiohttpUpstreamPool  # type: ignore[misc,assignment]
     registry = EndpointRegistry()
     registry.declare_service(
         ServiceInfo(
@@ -42,7 +56,11 @@ def main() -> None:
     for i, url in enumerate(args.worker):
         grpc_address = args.worker_grpc[i] if i < len(args.worker_grpc) else None
         registry.publish(Endpoint(args.model, f"{args.model}-{i}", url, grpc_address))
-    app = create_app(GatewaySettings(port=args.port, grpc_port=args.grpc_port), registry)
+    profiles = load_profiles(PROFILES, seed=args.seed)  # the built-ins and configs/routing (sticky-sessions, ...)
+    if args.routing_profile not in profiles:
+        raise SystemExit(f"unknown routing profile {args.routing_profile!r}; known: {', '.join(sorted(profiles))}")
+    scheduler = Scheduler(profiles, LoadLedger(), default_profile=args.routing_profile)
+    app = create_app(GatewaySettings(port=args.port, grpc_port=args.grpc_port), registry, scheduler=scheduler)
     uvicorn.run(
         app, host="127.0.0.1", port=args.port, http="httptools", loop="uvloop", access_log=False, log_level="warning"
     )

@@ -1,10 +1,21 @@
-"""Routing decision cost: one `Scheduler.assign` for a ~4k-token chat prompt over 64 replicas (token-aware profile).
+"""Routing decision cost, cold and warm: one `Scheduler.assign` of the token-aware profile over 64 replicas, for a RAG
+mix where half the requests bring a document never seen before, with the prefix index full and the event loop busy.
 
-Documents are shared across requests (RAG-like: 16 documents of ~4k tokens, a new short question each time), so
-after the first sight of a document its tokens come from the per-message cache; the first sight of each document
-(a cold tokenization) is reported separately. Uses the embedded model's tokenizer when it has been pulled.
+    python -m benchmarks.routing.decision_cost --requests 2000 --replicas 64     # `make bench-decision`
 
-    python benchmarks/routing/decision_cost.py --requests 3000 --replicas 64
+- the mix: each request is a ~4k-token document + a new question; with probability --new-fraction the document is
+  new (cold: tokenized for the first time, in a worker thread as the gateway does for long messages, and a miss in
+  the prefix index), else one of 16 hot documents (warm: token ids from the per-message cache);
+- the prefix index at capacity: before measuring, enough distinct documents are routed that every replica's index
+  holds as many blocks as its KV cache (--kv-blocks, the bound the gateway applies), so lookups and evictions run
+  on a full index;
+- a busy loop: --concurrency decisions run at once on the event loop beside a task that burns CPU in 100 us slices
+  (the relays of other requests), so time spent waiting for the loop shows.
+
+Reported per request, cold and warm separately: **event-loop blocking** (the longest stretch the decision held the
+loop without yielding, and the total on the loop: each step of the coroutine is timed as the loop runs it), the
+tokenization off the loop (time waiting for the worker thread) as its own line, and the decision's end-to-end
+latency on the busy loop. Uses the embedded model's tokenizer when it has been pulled (the file says which).
 """
 
 from __future__ import annotations
@@ -12,14 +23,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import json
 import os
 import platform
 import random
 import statistics
 import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
-from gateway.routing import LoadBoard, RouteContext, Scheduler, load_profiles
+from gateway.ledger import LoadLedger
+from gateway.routing import RouteContext, Scheduler, load_profiles
 from gateway.routing.tokens import PromptTokens
 from llmserve.endpoints import Endpoint, ServiceInfo
 from llmserve.protocol.openai import ChatCompletionRequest
@@ -27,13 +43,57 @@ from llmserve.protocol.vllm_metrics import Scraped
 from llmserve.storage import ModelCache
 
 REPO = Path(__file__).resolve().parents[2]
-TEXT = """the model serves tokens quickly while the cache keeps prefixes warm for every replica in the pool
-documents questions answers routing latency throughput gateway scheduler block hash index"""
+TEXT = (
+    "the model serves tokens quickly while the cache keeps prefixes warm for every replica in the pool documents "
+    "questions answers routing latency throughput gateway scheduler block hash index"
+)
 WORDS = TEXT.split()
+T = TypeVar("T")
+
+
+@dataclass
+class Timing:
+    blocking_max_s: float = 0.0  # the longest synchronous stretch on the loop
+    on_loop_s: float = 0.0  # all stretches together
+    off_loop_s: float = 0.0  # awaiting futures (the tokenizer's worker thread)
+    wall_s: float = 0.0
+
+
+@dataclass
+class Samples:
+    cold: list[Timing] = field(default_factory=list)
+    warm: list[Timing] = field(default_factory=list)
+
+
+async def timed(coro: Coroutine[Any, Any, T]) -> tuple[T, Timing]:
+    """Run `coro`, timing each step the loop gives it (a step ends where it awaits a future)."""
+    timing = Timing()
+    started = time.perf_counter()
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        step = time.perf_counter()
+        try:
+            future = coro.throw(error) if error is not None else coro.send(value)
+        except StopIteration as stop:
+            elapsed = time.perf_counter() - step
+            timing.blocking_max_s = max(timing.blocking_max_s, elapsed)
+            timing.on_loop_s += elapsed
+            timing.wall_s = time.perf_counter() - started
+            return stop.value, timing
+        elapsed = time.perf_counter() - step
+        timing.blocking_max_s = max(timing.blocking_max_s, elapsed)
+        timing.on_loop_s += elapsed
+        waited = time.perf_counter()
+        try:
+            value, error = await future, None
+        except BaseException as exc:  # handed back to the coroutine, as a Task would
+            value, error = None, exc
+        timing.off_loop_s += time.perf_counter() - waited
 
 
 def tokenizer_dir() -> str | None:
-    for entry in ModelCache().root.glob("SmolLM2-135M-Instruct*"):
+    for entry in sorted(ModelCache().root.glob("SmolLM2-135M-Instruct*")):
         if (entry / "tokenizer.json").is_file():
             return str(entry)
     return None
@@ -41,84 +101,148 @@ def tokenizer_dir() -> str | None:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def run(args: argparse.Namespace) -> dict[str, float]:
-    rng = random.Random(0)
+async def busy_loop(stop: asyncio.Event, slice_s: float = 100e-6, period_s: float = 500e-6) -> None:
+    """Other requests' work on the same loop: burn `slice_s` of CPU every `period_s`."""
+    while not stop.is_set():
+        end = time.perf_counter() + slice_s
+        while time.perf_counter() < end:
+            pass
+        await asyncio.sleep(period_s)
+
+
+def document(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(words))
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    rng = random.Random(args.seed)
     directory = tokenizer_dir()
-    service = ServiceInfo(name="svc", model_name="m", tokenizer_dir=directory)
+    service = ServiceInfo(name="svc", model_name="m", tokenizer_dir=directory, created=0)
     endpoints = [Endpoint("svc", f"r{i}", f"http://10.0.0.{i}:8000") for i in range(args.replicas)]
-    board = LoadBoard()
+    board = LoadLedger()
     now = time.monotonic()
     for i, endpoint in enumerate(endpoints):
-        board.record_scrape(endpoint, Scraped(running=i % 5, waiting=i % 3, kv_usage=(i % 10) / 10, block_size=16,
-                                              num_blocks=20000), now)  # fmt: skip
+        scraped = Scraped(running=i % 5, waiting=i % 3, kv_usage=(i % 10) / 10, block_size=16,
+                          num_blocks=args.kv_blocks)  # fmt: skip
+        board.record_scrape(endpoint, scraped, now)
     tokens = PromptTokens()
-    scheduler = Scheduler(load_profiles(rng=rng), board, tokens, default_profile="token-aware")
+    scheduler = Scheduler(load_profiles(seed=args.seed), board, tokens, default_profile="token-aware")
     tokens.prepare(directory)
     while directory is not None and tokens._encoders.get(directory) is None:  # noqa: ASYNC110 - loads in a thread
         await asyncio.sleep(0.05)
-    documents = [" ".join(rng.choice(WORDS) for _ in range(4000)) for _ in range(16)]
-    cold: list[float] = []
-    warm: list[float] = []
-    seen: set[int] = set()
-    for i in range(args.requests):
-        doc = rng.randrange(len(documents))
-        request = ChatCompletionRequest.model_validate(
-            {"model": "m", "max_tokens": 64, "messages": [
-                {"role": "system", "content": documents[doc]},
-                {"role": "user", "content": f"Question {i}: what does part {rng.randrange(100)} say?"},
-            ]}
-        )  # fmt: skip
-        ctx = RouteContext(service=service, route="chat_completions", request=request, body_size=20000)
-        started = time.perf_counter()
+
+    def request(doc: str, i: int) -> RouteContext:
+        body = {"model": "m", "max_tokens": 64, "messages": [
+            {"role": "system", "content": doc},
+            {"role": "user", "content": f"Question {i}: what does part {rng.randrange(100)} say?"},
+        ]}  # fmt: skip
+        return RouteContext(service=service, route="chat_completions",
+                            request=ChatCompletionRequest.model_validate(body), body_size=len(doc) + 100)  # fmt: skip
+
+    # Fill the prefix index: every replica ends up holding as many blocks as its KV cache.
+    filled_tokens = 0
+    filler = 0
+    target_blocks = args.replicas * args.kv_blocks
+    while filled_tokens // 16 < 1.3 * target_blocks:
+        ctx = request(document(rng, args.doc_words), -filler)
         assignment = await scheduler.assign(ctx, endpoints)
-        elapsed = time.perf_counter() - started
-        (warm if doc in seen else cold).append(elapsed)
-        seen.add(doc)
         assignment.release()
-        if i == 0:
-            prompt_tokens = len(ctx.tokens or [])
+        filled_tokens += len(ctx.tokens or [])
+        filler += 1
+    hot = [document(rng, args.doc_words) for _ in range(16)]
+    for i, doc in enumerate(hot):  # first sights of the hot documents are not measured
+        (await scheduler.assign(request(doc, i), endpoints)).release()
+
+    samples = Samples()
+    stop = asyncio.Event()
+    noise = asyncio.get_running_loop().create_task(busy_loop(stop))
+    prompt_tokens: list[int] = []
+    queue = list(range(args.requests))
+
+    async def client() -> None:
+        while queue:
+            i = queue.pop()
+            cold = rng.random() < args.new_fraction
+            ctx = request(document(rng, args.doc_words) if cold else rng.choice(hot), i)
+            assignment, timing = await timed(scheduler.assign(ctx, endpoints))
+            assignment.release()
+            (samples.cold if cold else samples.warm).append(timing)
+            prompt_tokens.append(len(ctx.tokens or []))
+
+    await asyncio.gather(*(client() for _ in range(args.concurrency)))
+    stop.set()
+    await noise
+    return {"samples": samples, "prompt_tokens": statistics.median(prompt_tokens), "fillers": filler,
+            "tokenizer": directory is not None}  # fmt: skip
+
+
+def summarise(timings: list[Timing]) -> dict[str, float]:
+    def ms(key: str, q: float) -> float:
+        return percentile([getattr(t, key) for t in timings], q) * 1000
+
     return {
-        "prompt_tokens": float(prompt_tokens),
-        "warm_p50_ms": percentile(warm, 0.5) * 1000,
-        "warm_p99_ms": percentile(warm, 0.99) * 1000,
-        "warm_mean_ms": statistics.fmean(warm) * 1000,
-        "cold_median_ms": statistics.median(cold) * 1000,
-        "cold_count": float(len(cold)),
-        "tokenizer": 1.0 if directory else 0.0,
-    }
+        "count": len(timings),
+        "blocking_p50_ms": ms("blocking_max_s", 0.5), "blocking_p99_ms": ms("blocking_max_s", 0.99),
+        "on_loop_p50_ms": ms("on_loop_s", 0.5), "on_loop_p99_ms": ms("on_loop_s", 0.99),
+        "off_loop_p50_ms": ms("off_loop_s", 0.5), "off_loop_p99_ms": ms("off_loop_s", 0.99),
+        "wall_p50_ms": ms("wall_s", 0.5), "wall_p99_ms": ms("wall_s", 0.99),
+    }  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--replicas", type=int, default=64)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "routing_decision_cost.md")
+    parser.add_argument("--kv-blocks", type=int, default=4096, help="each replica's KV blocks (the index bound)")
+    parser.add_argument("--doc-words", type=int, default=4000, help="~1 token per word with SmolLM2's tokenizer")
+    parser.add_argument("--new-fraction", type=float, default=0.5)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "benchmarks" / "results" / "routing_decision_cost_cold_warm.md"
+    )
     args = parser.parse_args()
+    load_before = os.getloadavg()
     result = asyncio.run(run(args))
+    cold, warm = summarise(result["samples"].cold), summarise(result["samples"].warm)
     lines = [
-        "# Routing decision cost (token-aware profile)",
+        "# Routing decision cost, cold and warm (token-aware, full prefix index, busy event loop)",
         "",
-        f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}",
-        f"- machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()} (shared machine)",
-        "- command: `python benchmarks/routing/decision_cost.py "
-        f"--requests {args.requests} --replicas {args.replicas}`",
-        f"- {args.replicas} replicas with scraped signals, block size 16; chat prompts of "
-        f"{result['prompt_tokens']:.0f} tokens ({'SmolLM2 tokenizer' if result['tokenizer'] else 'no tokenizer'}); "
-        "16 shared documents + a new question per request",
+        f"- date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='minutes')} UTC",
+        f"- machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}; load average "
+        f"before {[round(x, 2) for x in load_before]}, after {[round(x, 2) for x in os.getloadavg()]}",
+        f"- command: `python -m benchmarks.routing.decision_cost --requests {args.requests} --replicas "
+        f"{args.replicas} --kv-blocks {args.kv_blocks} --doc-words {args.doc_words} --new-fraction "
+        f"{args.new_fraction:g} --concurrency {args.concurrency} --seed {args.seed}` (`make bench-decision`)",
+        f"- {args.replicas} replicas, block size 16, prefix index filled to {args.kv_blocks} blocks per replica "
+        f"({result['fillers']} distinct documents routed first); prompts of {result['prompt_tokens']:.0f} tokens "
+        f"({'SmolLM2 tokenizer' if result['tokenizer'] else 'NO tokenizer: ~4-character pieces'}); "
+        f"{args.new_fraction:.0%} of the requests bring a new document; {args.concurrency} decisions at once beside a "
+        "task burning 100 us of CPU every 0.5 ms",
         "",
-        "| measure | value |",
-        "| --- | ---: |",
-        f"| decision, document seen before: p50 | {result['warm_p50_ms']:.3f} ms |",
-        f"| decision, document seen before: p99 | {result['warm_p99_ms']:.3f} ms |",
-        f"| decision, document seen before: mean | {result['warm_mean_ms']:.3f} ms |",
-        f"| first sight of a document (cold tokenization), median of {result['cold_count']:.0f} | "
-        f"{result['cold_median_ms']:.2f} ms |",
+        "| request | count | loop blocking p50 / p99 ms | on the loop p50 / p99 ms | tokenization off the loop "
+        "p50 / p99 ms | decision latency p50 / p99 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, row in (("warm (document seen before)", warm), ("cold (new document)", cold)):
+        lines.append(
+            f"| {name} | {row['count']:.0f} | {row['blocking_p50_ms']:.3f} / {row['blocking_p99_ms']:.3f} | "
+            f"{row['on_loop_p50_ms']:.3f} / {row['on_loop_p99_ms']:.3f} | {row['off_loop_p50_ms']:.2f} / "
+            f"{row['off_loop_p99_ms']:.2f} | {row['wall_p50_ms']:.2f} / {row['wall_p99_ms']:.2f} |"
+        )
+    lines += [
+        "",
+        "Loop blocking: the longest stretch one decision held the event loop (what every other request on it waits "
+        "behind); on the loop: all its stretches together; tokenization off the loop: time it waited for the "
+        "tokenizer's worker thread (the event loop was free meanwhile); decision latency: from call to assignment "
+        "on the busy loop.",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps({"warm": warm, "cold": cold}, indent=1))
     print("\n".join(lines))
 
 

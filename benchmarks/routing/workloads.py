@@ -2,8 +2,9 @@
 
 (a) rag:    a corpus of long documents with Zipf popularity (a few are hot), each request = one document +
             a short new question; open-loop Poisson arrivals.
-(b) chat:   multi-turn sessions; each turn sends the whole conversation so far (system prompt, earlier turns,
-            a new user message); a session's next turn starts after its previous answer plus a think time.
+(b) chat:   multi-turn sessions arriving as a Poisson process; each turn sends the whole conversation so far
+            (system prompt, earlier turns, a new user message); a session's next turn starts after its previous
+            answer plus a think time. chat-shared: the same, the sessions sharing 4 system prompts.
 (c) random: unique prompts, nothing shared; open-loop Poisson arrivals.
 """
 
@@ -80,22 +81,25 @@ def chat(
     seed: int,
     *,
     duration_s: float,
-    sessions: int = 64,
-    turns: int = 8,
-    think_s: float = 2.0,
+    rate: float,
+    turns: int = 6,
+    think_s: float = 1.0,
     system_words: int = 300,
     system_prompts: int | None = None,
 ) -> Workload:
-    """`system_prompts`: None, each session has its own system prompt; K, the sessions share K of them (a chat
+    """Sessions start as a Poisson process of `rate / turns` per second over `duration_s` (so `rate` is the request
+    rate they offer once running); each sends `turns` turns, the next one `think_s` after the previous answer.
+
+    `system_prompts`: None, each session has its own system prompt; K, the sessions share K of them (a chat
     product: many users, a few assistants), so a first turn can hit a system prompt another session cached."""
     rng = random.Random(seed)
     workload = Workload("chat" if system_prompts is None else "chat-shared", duration_s)
     shared = [f"You are assistant {k}. " + text(rng, system_words) for k in range(system_prompts or 0)]
-    for s in range(sessions):
+    for s, start in enumerate(_poisson(rng, rate / turns, duration_s)):
         workload.sessions.append(
             Session(
                 name=f"session-{s}",
-                start=rng.uniform(0, duration_s * 0.5),
+                start=start,
                 system=shared[s % len(shared)] if shared else f"You are assistant {s}. " + text(rng, system_words),
                 questions=[text(rng, 80) for _ in range(turns)],
                 think_s=think_s,
@@ -103,6 +107,29 @@ def chat(
             )
         )
     return workload
+
+
+def build(name: str, seed: int, *, duration_s: float, rate: float) -> Workload:
+    """A workload by name (rag, chat, chat-shared, random) at `rate` requests per second, with the defaults above."""
+    if name == "rag":
+        return rag(seed, duration_s=duration_s, rate=rate)
+    if name == "chat":
+        return chat(seed, duration_s=duration_s, rate=rate)
+    if name == "chat-shared":
+        return chat(seed, duration_s=duration_s, rate=rate, system_prompts=4)
+    if name == "random":
+        return random_prompts(seed, duration_s=duration_s, rate=rate)
+    raise ValueError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
+
+
+WORKLOADS = ("rag", "chat", "chat-shared", "random")
+CLOSED_LOOP = ("chat", "chat-shared")  # sessions wait for each answer
+
+
+def session_lifetime_s(turns: int = 6, think_s: float = 1.0, answer_s: float = 1.0) -> float:
+    """About how long a chat session lasts when nothing queues; a chat run's warm-up is one lifetime, so the
+    measured window sees every turn in its steady-state proportion."""
+    return turns * (think_s + answer_s)
 
 
 def random_prompts(seed: int, *, duration_s: float, rate: float, words: int = 600) -> Workload:

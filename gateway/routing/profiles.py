@@ -76,7 +76,7 @@ BUILTIN: dict[str, ProfileSpec] = {
     "least-request": ProfileSpec(scorers=[PluginRef(type="least-request")]),
     "prefix-chars": ProfileSpec(scorers=[PluginRef(type="char-prefix")]),  # production-stack's prefix routing
     "token-aware": ProfileSpec(
-        filters=[PluginRef(type="fresh-signals"), PluginRef(type="load-cap")],
+        filters=[PluginRef(type="fresh-signals")],  # no load-cap: prefill-wait already weighs affinity against load
         scorers=[
             PluginRef(type="prefix-cache", weight=1),  # must come before prefill-wait (which reads its matches)
             PluginRef(type="prefill-wait", weight=3),
@@ -138,14 +138,22 @@ def _build_plugin(kind: str, ref: PluginRef, registry: dict[str, Any], *extra: A
     return cls(params, *extra)
 
 
+def profile_rng(name: str, seed: int | None) -> random.Random:
+    """The random source of one profile's picker: seeded from (seed, profile name), so a profile's draws are
+    reproducible and do not depend on how often other profiles drew; unseeded (fresh entropy) when seed is None."""
+    return random.Random() if seed is None else random.Random(f"{seed}/{name}")
+
+
 def build_profile(
     name: str,
     spec: ProfileSpec,
     *,
     rng: random.Random | None = None,
+    seed: int | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> Profile:
-    rng = rng or random.Random()
+    """`rng` (if given) wins over `seed`; with neither, the picker draws from fresh entropy."""
+    rng = rng or profile_rng(name, seed)
     return Profile(
         name=name,
         filters=[_build_plugin("filters", ref, FILTERS, clock) for ref in spec.filters],
@@ -175,13 +183,17 @@ def load_profiles(
     directory: Path | None = None,
     *,
     rng: random.Random | None = None,
+    seed: int | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Profile]:
-    """The built-in profiles, overridden or extended by every *.yaml in `directory`."""
+    """The built-in profiles, overridden or extended by every *.yaml in `directory`.
+
+    Randomness (pickers' tie-breaks and draws): `seed` gives every profile its own generator seeded from (seed,
+    name), so runs repeat draw for draw; `rng` shares one generator between all profiles; with neither, each
+    profile draws from fresh entropy."""
     specs = dict(BUILTIN)
     if directory is not None:
         for path in sorted(directory.glob("*.yaml")):
             name, spec = load_profile_file(path)
             specs[name] = spec
-    rng = rng or random.Random()
-    return {name: build_profile(name, spec, rng=rng, clock=clock) for name, spec in specs.items()}
+    return {name: build_profile(name, spec, rng=rng, seed=seed, clock=clock) for name, spec in specs.items()}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,25 +29,42 @@ def _relative(values: list[float]) -> list[float]:
     return [1.0 - v / top for v in values]
 
 
-class NoParams(_Params):
-    pass
+def _min_max(values: list[float]) -> list[float]:
+    """`(max - v) / (max - min)`: the least loaded scores 1, the busiest 0; all equal: all 1 (llm-d's scaling)."""
+    low, top = min(values), max(values)
+    if top <= low:
+        return [1.0] * len(values)
+    return [(top - v) / (top - low) for v in values]
+
+
+class LoadParams(_Params):
+    scale: Literal["relative", "min-max"] = Field(
+        default="relative",
+        description="relative: 1 - load / busiest load; min-max: (busiest - load) / (busiest - least), the "
+        "scaling of llm-d's queue and active-request scorers (the least-loaded replica always scores 1).",
+    )
 
 
 class LoadScorer:
-    """Scores `1 - load / busiest candidate's load`, for the load measure a subclass defines in `load()`."""
+    """Scores `1 - load / busiest candidate's load` (or min-max scaled), for the load measure a subclass defines
+    in `load()`."""
 
     name: ClassVar[str]
     needs_tokens: ClassVar[bool] = False
-    Params: ClassVar[type[BaseModel]] = NoParams
+    Params: ClassVar[type[BaseModel]] = LoadParams
 
     def __init__(self, params: BaseModel) -> None:
-        pass
+        self.scale = _min_max if isinstance(params, LoadParams) and params.scale == "min-max" else _relative
 
     def load(self, candidate: Candidate) -> float:
         raise NotImplementedError
 
     def score(self, ctx: RouteContext, candidates: list[Candidate]) -> list[float]:
-        return _relative([self.load(c) for c in candidates])
+        return self.scale([self.load(c) for c in candidates])
+
+
+class NoParams(_Params):
+    pass
 
 
 class QueueDepth(LoadScorer):

@@ -5,7 +5,7 @@ from array import array
 
 from gateway.ledger import LoadLedger
 from gateway.routing.base import RouteContext
-from gateway.routing.profiles import BUILTIN, build_profile, load_profiles
+from gateway.routing.profiles import BUILTIN, PluginRef, ProfileSpec, build_profile, load_profiles
 from gateway.routing.scheduler import Scheduler
 from gateway.routing.tokens import PromptTokens
 from llmserve.endpoints import Endpoint
@@ -49,7 +49,10 @@ async def test_unrelated_prompts_spread_out() -> None:
 
 
 async def test_imbalance_cap_overrides_affinity() -> None:
+    capped = ProfileSpec(filters=[PluginRef(type="load-cap")], scorers=[PluginRef(type="prefix-cache", weight=1)])
     sched = scheduler()
+    sched.profiles = {**sched.profiles, "capped": build_profile("capped", capped, rng=random.Random(1))}
+    sched.default_profile = "capped"
     held = [await sched.assign(ctx(DOCUMENT + f"q{i}"), ENDPOINTS) for i in range(12)]
     counts: dict[str, int] = {}
     for assignment in held:
@@ -57,6 +60,12 @@ async def test_imbalance_cap_overrides_affinity() -> None:
     hot = max(counts, key=lambda r: counts[r])
     assert counts[hot] <= 8 + 1  # load-cap: at most maxExcessRequests above the least-loaded
     assert len(counts) > 1
+
+
+async def test_token_aware_spreads_a_prefix_whose_prefills_pile_up() -> None:
+    sched = scheduler()
+    held = [await sched.assign(ctx(DOCUMENT + f"q{i}"), ENDPOINTS) for i in range(12)]  # no first token yet
+    assert len({a.endpoint.replica_id for a in held}) > 1  # queued prefill outweighs the cached prefix
 
 
 async def test_in_flight_accounting() -> None:
