@@ -67,19 +67,19 @@ def parse_resources(
         raise SpecError(f"{source}: no InferenceService or InferenceGraph found (the file is empty).")
     declared = Declared()
     for index, document in enumerate(documents):
-        where = source if len(documents) == 1 else f"{source} (document {index + 1})"
+        located = source if len(documents) == 1 else f"{source} (document {index + 1})"
         if not isinstance(document, dict):
-            raise SpecError(f"{where}: expected a mapping with apiVersion, kind, metadata and spec.")
+            raise SpecError(f"{located}: expected a mapping with apiVersion, kind, metadata and spec.")
         kind = document.get("kind", "InferenceService")
         model = KINDS.get(kind) if isinstance(kind, str) else None
         if model is None:
             raise SpecError(
-                f"{where}: invalid resource:\n  kind: must be 'InferenceService' or 'InferenceGraph' (got {kind!r})"
+                f"{located}: invalid resource:\n  kind: must be 'InferenceService' or 'InferenceGraph' (got {kind!r})"
             )
         try:
             resource = model.model_validate(document)
         except ValidationError as exc:
-            raise SpecError(_describe(where, exc, model)) from None
+            raise SpecError(_describe(located, exc, model)) from None
         if isinstance(resource, InferenceGraph):
             declared.graphs.append(resource)
         else:
