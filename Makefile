@@ -4,7 +4,7 @@ CONFIG ?= configs/quickstart.yaml
 PORT   ?= 8080
 BIN    := $(VENV)/bin
 
-.PHONY: up test setup lint pull load iris bench bench-topology clean
+.PHONY: up test setup lint pull load iris bench bench-topology bench-graph clean
 
 up: setup
 	$(BIN)/llmserve pull $(CONFIG)
@@ -52,3 +52,9 @@ bench-topology: setup
 	$(BIN)/python benchmarks/topology/run.py workers --rounds 5 --duration 10
 	$(BIN)/python benchmarks/topology/run.py controller-restart --rounds 5
 	$(BIN)/python benchmarks/topology/run.py restart --rounds 5
+
+# InferenceGraph overhead: a 3-step Sequence through the gateway vs the three calls made directly (and through the
+# gateway one by one); results in benchmarks/results/graph_overhead.md. GRAPH_BENCH_ARGS=--smoke checks the harness.
+GRAPH_BENCH_ARGS ?= --rounds 5 --requests 2000 --concurrency 1,8
+bench-graph: setup
+	$(BIN)/python benchmarks/graph_overhead/run.py $(GRAPH_BENCH_ARGS)

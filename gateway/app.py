@@ -126,7 +126,7 @@ def build_gateway(
     attach_chat_completions(app, dispatcher, graph_routes)
     attach_completions(app, dispatcher)
     attach_embeddings(app, dispatcher)
-    attach_models(app, view)
+    attach_models(app, view, graph_routes.exposed_models)
     attach_v2(app, dispatcher)
     attach_health(app, view, metrics, readiness)
     for extend in extensions:

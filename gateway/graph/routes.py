@@ -56,6 +56,9 @@ class GraphRoutes:
         """The graph exposed as OpenAI model `model`, if one is."""
         return self._exposed.get(model) if self._exposed else None
 
+    def exposed_models(self) -> list[str]:
+        return sorted(self._exposed)
+
     async def answer_openai(
         self, router: GraphRouter, body: bytes, scope: Scope, receive: Receive, send: Send, headers: Headers
     ) -> int:

@@ -233,6 +233,9 @@ def test_a_sequence_ending_on_an_llm_streams_before_the_worker_finishes(up: Up) 
 
 def test_a_graph_exposed_as_a_model_answers_the_openai_sdk(up: Up) -> None:
     client = openai.OpenAI(base_url=f"{up.url}/v1", api_key=KEY, max_retries=0, timeout=60)
+    models = {m.id for m in client.models.list()}
+    assert {"chat-graph", "picker", "llm"} <= models
+    assert client.models.retrieve("chat-graph").id == "chat-graph"
     whole = client.chat.completions.create(model="chat-graph", messages=CHAT["messages"], max_tokens=5)
     assert whole.choices[0].message.content
     assert whole.model == "llm"  # the answering step's own model name
