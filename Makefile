@@ -5,7 +5,7 @@ PORT   ?= 8080
 BIN    := $(VENV)/bin
 
 .PHONY: up test setup lint pull load iris clean bench-deps bench-routing bench-peers bench-overhead bench-v2 \
-        bench-decision bench-calibration bench-gpu bench-topology readme-table
+        bench-decision bench-calibration bench-gpu bench-topology bench-graph readme-table
 
 up: setup
 	$(BIN)/llmserve pull $(CONFIG)
@@ -91,4 +91,11 @@ bench-topology: bench-deps       ## topology_*.md: the split topology's costs an
 	$(BENCH) benchmarks/topology/run.py workers --rounds 5 --duration 10
 	$(BENCH) benchmarks/topology/run.py controller-restart --rounds 5
 	$(BENCH) benchmarks/topology/run.py restart --rounds 5
+	$(MAKE) readme-table
+
+# InferenceGraph overhead: a 3-step Sequence through the gateway vs the three calls made directly (and through the
+# gateway one by one); results in benchmarks/results/graph_overhead.md. GRAPH_BENCH_ARGS=--smoke checks the harness.
+GRAPH_BENCH_ARGS ?= --rounds 5 --requests 2000 --concurrency 1,8
+bench-graph: bench-deps
+	$(BENCH) benchmarks/graph_overhead/run.py $(GRAPH_BENCH_ARGS)
 	$(MAKE) readme-table

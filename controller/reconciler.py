@@ -11,7 +11,10 @@ ready replicas as the serving one had (at least one), gateways are switched to i
 revision's replicas are drained and stopped. A revision that never becomes ready never gets traffic; its replicas'
 failures show in status.
 
-With a state directory, services and the replicas that outlive the controller (local keepers) are written down;
+InferenceGraphs applied with services are kept beside them (controller/graphs.py: checked against the running
+services, published to gateways, saved); a service a graph calls cannot be deleted while the graph does.
+
+With a state directory, services, graphs and the replicas that outlive the controller (local keepers) are written down;
 `start()` re-adopts the replicas that are still running and healthy and whose revision template is unchanged, and
 stops the others.
 """
@@ -33,13 +36,14 @@ from typing import Any
 import httpx
 
 from controller.backends import Backend
+from controller.graphs import GraphCatalog, GraphWriter
 from controller.replica import BusyProbe, HealthCheck, Replica
 from controller.settings import ControllerSettings
 from controller.statedir import ReplicaEntry, StateDir
 from llmserve import storage
 from llmserve.endpoints import Endpoint, EndpointWriter, ServiceInfo
 from llmserve.protocol.vllm_metrics import parse_vllm_metrics
-from llmserve.spec import InferenceService, SpecError
+from llmserve.spec import InferenceGraph, InferenceService, SpecError
 from llmserve.spec.models import parse_quantity
 from llmserve.workers import WorkerPlan
 from llmserve.workers.retriever import retriever_plan
@@ -106,6 +110,29 @@ def _runtime_plan(python: str | None) -> PlanFn:
         raise ValueError(f"no runtime named '{service.runtime}'")
 
     return plan
+
+
+GATEWAY_URL_ENV = "LLMSERVE_GATEWAY_URL"
+GATEWAY_KEY_ENV = "LLMSERVE_GATEWAY_API_KEY"
+
+
+def with_gateway_env(plan: PlanFn, settings: ControllerSettings) -> PlanFn:
+    """Tell every replica where the gateway is (LLMSERVE_GATEWAY_URL, and LLMSERVE_GATEWAY_API_KEY when it takes
+    keys), when the controller knows: a replica that calls other services (the retriever embeds through the
+    gateway) needs no address in its spec. The spec's own env wins."""
+    extra: dict[str, str] = {}
+    if settings.gateway_url is not None:
+        extra[GATEWAY_URL_ENV] = settings.gateway_url
+    if settings.gateway_api_key is not None:
+        extra[GATEWAY_KEY_ENV] = settings.gateway_api_key.get_secret_value()
+    if not extra:
+        return plan
+
+    def planned(service: InferenceService, model_dir: Path) -> WorkerPlan:
+        made = plan(service, model_dir)
+        return dataclasses.replace(made, env={**extra, **made.env})
+
+    return planned
 
 
 def http_probes() -> tuple[HealthCheck, BusyProbe, Callable[[], Any]]:
@@ -261,18 +288,20 @@ class Controller:
         plan: PlanFn | None = None,
         health: HealthCheck | None = None,
         state_dir: StateDir | None = None,
+        graphs: GraphWriter | None = None,
     ) -> None:
         self.settings = settings or ControllerSettings()
         self.backend = backend
         self.registry = registry
         self.state_dir = state_dir
         self._pull = pull
-        self._plan = plan or plan_for(self.settings.python)
+        self._plan = with_gateway_env(plan or plan_for(self.settings.python), self.settings)
         self._close_health: Callable[[], Any] | None = None
         default_health, self._busy, self._close_health = http_probes()
         self._health = health or default_health
         self._services: dict[str, ServiceState] = {}
         self._publishers: dict[str, _Publisher] = {}
+        self.graphs = GraphCatalog(graphs)
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
@@ -294,20 +323,28 @@ class Controller:
                     f"already served by service '{other}'."
                 )
 
-    def apply(self, services: list[InferenceService]) -> list[str]:
-        """Create or change `services` (others are left as they are); what happened to each, for the caller."""
+    def apply(
+        self, services: list[InferenceService], graphs: list[InferenceGraph] | None = None, *, source: str = "apply"
+    ) -> list[str]:
+        """Create or change `services` and `graphs` (others are left as they are); what happened to each, for the
+        caller. Nothing is applied unless all of them fit (SpecError)."""
         self.check(services)
+        graphs = graphs or []
+        self.graphs.check(graphs, services, {name: state.service for name, state in self._services.items()}, source)
         outcome = []
         for service in services:
             outcome.append(self._apply_one(service))
+        outcome += self.graphs.apply(graphs)
         self._save()
         self._wake.set()
         return outcome
 
     def delete(self, name: str) -> bool:
-        """Remove a service: gateways stop routing to it at once, its replicas are drained and stopped."""
+        """Remove a service: gateways stop routing to it at once, its replicas are drained and stopped.
+        ServiceInUse (nothing removed) while an InferenceGraph calls it."""
         if name not in self._services:
             return False
+        self.graphs.check_delete_service(name)
         self._retire(name)
         self._save()
         self._wake.set()
@@ -336,6 +373,20 @@ class Controller:
             state.serving.service = service
         self._declare(state)
         return f"{name}: changed in place (revision {state.latest.name})"
+
+    def delete_graph(self, name: str) -> bool:
+        """Remove an InferenceGraph: gateways stop serving it at once."""
+        if not self.graphs.delete(name):
+            return False
+        self._save()
+        return True
+
+    def graph_status(self) -> list[dict[str, Any]]:
+        def min_replicas(name: str) -> int:
+            state = self._services.get(name)
+            return state.service.spec.predictor.min_replicas if state else 1
+
+        return self.graphs.status(self.ready_count, min_replicas)
 
     def _new_revision(self, state: ServiceState, service: InferenceService) -> RevisionState:
         generation = state.revisions[-1].generation + 1 if state.revisions else 1
@@ -604,6 +655,7 @@ class Controller:
                 }
             )
         self.state_dir.save_services(saved)
+        self.state_dir.save_graphs(self.graphs.saved())
 
     def _restore(self) -> None:
         assert self.state_dir is not None
@@ -630,6 +682,7 @@ class Controller:
             self._declare(state)
         if self._services:
             log.info("state dir: restored %d service(s)", len(self._services))
+        self.graphs.restore(self.state_dir.load_graphs(), {n: state.service for n, state in self._services.items()})
 
     async def _adopt(self) -> None:
         """Take over the replicas a previous controller left running, where they still fit; stop the rest."""

@@ -1,8 +1,9 @@
 """One controller process: the published state, the controller and its backend, the autoscaler fed by the
 gateways' demand reports, and the control API's HTTP server.
 
-`ControlPlane.start(services)` restores the state directory (services applied earlier, replicas that outlived the
-previous controller: re-adopted when healthy), applies `services` (the file given at start) on top, starts the
+`ControlPlane.start(services, graphs)` restores the state directory (services and graphs applied earlier, replicas
+that outlived the previous controller: re-adopted when healthy), applies `services` and `graphs` (the file given at
+start) on top, starts the
 autoscaler and then serves the control API, so that gateways see the adopted replicas in their first snapshot.
 """
 
@@ -25,7 +26,7 @@ from controller.settings import ControllerSettings
 from controller.state import ControlState
 from controller.statedir import StateDir
 from llmserve.serving import ManagedServer, bind_socket
-from llmserve.spec import InferenceService
+from llmserve.spec import InferenceGraph, InferenceService
 
 log = logging.getLogger("llmserve.controller")
 
@@ -47,7 +48,7 @@ class ControlPlane:
         self.token = token
         self.state = ControlState()
         self.demand = DemandAggregator(stale_after_s=demand_stale_after_s)
-        self.controller = Controller(backend, self.state, settings, state_dir=state_dir)
+        self.controller = Controller(backend, self.state, settings, state_dir=state_dir, graphs=self.state)
         self.autoscaler = Autoscaler(self.controller, self.demand)
         self.metrics = CollectorRegistry(auto_describe=True)
         self.metrics.register(ControllerCollector(self.controller))
@@ -62,12 +63,12 @@ class ControlPlane:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
-    async def start(self, services: list[InferenceService]) -> None:
+    async def start(self, services: list[InferenceService], graphs: list[InferenceGraph] | None = None) -> None:
         sock = bind_socket(self.host, self.port)  # first: a port in use fails before any worker is touched
         self.port = int(sock.getsockname()[1])
         await self.controller.start()
-        if services:
-            for line in self.controller.apply(services):
+        if services or graphs:
+            for line in self.controller.apply(services, graphs):
                 log.info("%s", line)
         await self.autoscaler.start()
         config = uvicorn.Config(self.app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2)

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from controller.autoscaling.autoscaler import Autoscaler
 from controller.demand import DemandAggregator
+from controller.graphs import ServiceInUse
 from controller.prometheus_sd import prometheus_targets
 from controller.reconciler import Controller
 from controller.state import ControlState
@@ -38,7 +39,7 @@ from llmserve.protocol.control import (
     WakeRequest,
     bookmark_event,
 )
-from llmserve.spec import SpecError, parse_services
+from llmserve.spec import SpecError, parse_resources
 
 log = logging.getLogger("llmserve.controller")
 
@@ -175,17 +176,40 @@ def create_control_app(
         if len(raw) > MAX_SPEC_BYTES:
             raise ControlError(413, f"The spec is larger than {MAX_SPEC_BYTES} bytes.")
         try:
-            services = parse_services(raw.decode("utf-8", "replace"), source)
-            outcome = controller.apply(services)
+            running = [s.name for s in controller.services()]
+            text = raw.decode("utf-8", "replace")
+            declared = parse_resources(text, source, known_services=running, where="in this file or on the controller")
+            outcome = controller.apply(declared.services, declared.graphs, source=source)
         except SpecError as exc:
             raise ControlError(400, str(exc)) from None
         return _json(200, {"applied": outcome, "resourceVersion": state.resource_version})
 
     @app.delete(f"{PREFIX}/services/{{name}}")
     async def delete(name: str) -> Response:
-        if not controller.delete(name):
+        try:
+            deleted = controller.delete(name)
+        except ServiceInUse as exc:
+            raise ControlError(409, str(exc)) from None
+        if not deleted:
             raise ControlError(404, f"No service named '{name}'.")
         return _json(200, {"deleted": name, "resourceVersion": state.resource_version})
+
+    @app.get(f"{PREFIX}/graphs")
+    async def list_graphs() -> Response:
+        return _json(200, {"graphs": controller.graph_status()})
+
+    @app.get(f"{PREFIX}/graphs/{{name}}")
+    async def get_graph(name: str) -> Response:
+        found = [g for g in controller.graph_status() if g["name"] == name]
+        if not found:
+            raise ControlError(404, f"No InferenceGraph named '{name}'.")
+        return _json(200, found[0])
+
+    @app.delete(f"{PREFIX}/graphs/{{name}}")
+    async def delete_graph(name: str) -> Response:
+        if not controller.delete_graph(name):
+            raise ControlError(404, f"No InferenceGraph named '{name}'.")
+        return _json(200, {"deleted": f"graph/{name}", "resourceVersion": state.resource_version})
 
     @app.get(f"{PREFIX}/prometheus/targets")
     async def targets() -> Response:
@@ -199,6 +223,7 @@ def create_control_app(
             {
                 "resourceVersion": state.resource_version,
                 "services": _with_decisions(controller.status(), autoscaler, demand),
+                "graphs": controller.graph_status(),
                 "gateways": demand.gateways(),
                 "watchers": state.watchers(),
                 "backend": describe_backend() if describe_backend is not None else controller.backend.describe(),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 
 class ControllerSettings(BaseModel):
@@ -35,3 +35,13 @@ class ControllerSettings(BaseModel):
         "seconds after it is asked for (about 750 MiB each while idle). 0: every replica starts the plain way.",
     )
     pull_retry_s: float = Field(default=30.0, gt=0, description="Delay before retrying a failed model pull.")
+    gateway_url: str | None = Field(
+        default=None,
+        description="Where replicas reach a gateway (http://host:port), passed to them as LLMSERVE_GATEWAY_URL "
+        "(the retriever embeds through it). `llmserve up` sets its own gateway's address; None: not passed.",
+    )
+    gateway_api_key: SecretStr | None = Field(
+        default=None,
+        description="A key of that gateway, passed to replicas as LLMSERVE_GATEWAY_API_KEY when it takes keys. "
+        "Never logged.",
+    )

@@ -1,11 +1,13 @@
-"""The controller's published state: services and their ready endpoints, versioned, with a watch.
+"""The controller's published state: services and their ready endpoints, and InferenceGraphs, versioned, with a
+watch.
 
 Every change gets the next resourceVersion ("<epoch>.<sequence>"; the epoch is new at every controller start) and
 is kept in a bounded history, so a watch resumed from a recent version gets just the changes it missed, and one
 from an older version, or from another epoch, gets a fresh snapshot. Watchers get changes through bounded queues;
 one that falls behind is told to start over from a snapshot rather than slowing anyone down.
 
-This is the controller's implementation of llmserve.endpoints.EndpointWriter. One event loop: no locking.
+This is the controller's implementation of llmserve.endpoints.EndpointWriter and of controller.graphs.GraphWriter.
+One event loop: no locking.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ from typing import Any
 from llmserve.endpoints import Endpoint, ServiceInfo
 from llmserve.protocol.control import (
     endpoints_event,
+    graph_deleted_event,
+    graph_event,
     service_deleted_event,
     service_event,
     snapshot_event,
 )
+from llmserve.spec.graph import InferenceGraph
 
 Event = dict[str, Any]
 
@@ -59,6 +64,7 @@ class ControlState:
         self._seq = 0
         self._services: dict[str, ServiceInfo] = {}
         self._endpoints: dict[str, tuple[Endpoint, ...]] = {}
+        self._graphs: dict[str, InferenceGraph] = {}
         self._history: deque[tuple[int, Event]] = deque(maxlen=history)
         self._watchers: set[Watcher] = set()
         self._watcher_queue = watcher_queue
@@ -77,8 +83,11 @@ class ControlState:
     def ready_endpoints(self, service: str) -> tuple[Endpoint, ...]:
         return self._endpoints.get(service, ())
 
+    def graphs(self) -> list[InferenceGraph]:
+        return list(self._graphs.values())
+
     def snapshot(self) -> Event:
-        return snapshot_event(self.resource_version, self.services(), dict(self._endpoints))
+        return snapshot_event(self.resource_version, self.services(), dict(self._endpoints), self.graphs())
 
     def changes_since(self, resource_version: str) -> list[Event] | None:
         """The events after `resource_version`, or None when they are not all kept (another epoch, too old,
@@ -145,6 +154,17 @@ class ControlState:
             return
         self._endpoints[service] = endpoints
         self._emit(lambda rv: endpoints_event(rv, service, endpoints))
+
+    # -- writing (GraphWriter) -----------------------------------------------------------------------------------
+    def declare_graph(self, graph: InferenceGraph) -> None:
+        if self._graphs.get(graph.name) == graph:
+            return
+        self._graphs[graph.name] = graph
+        self._emit(lambda rv: graph_event(rv, graph))
+
+    def withdraw_graph(self, name: str) -> None:
+        if self._graphs.pop(name, None) is not None:
+            self._emit(lambda rv: graph_deleted_event(rv, name))
 
     # -- internals -----------------------------------------------------------------------------------------------
     def _emit(self, make: Callable[[str], Event]) -> None:

@@ -1,6 +1,8 @@
 """The controller's state directory: what a restarted controller needs to carry on where the last one stopped.
 
     <state-dir>/services.json        the declared services with their revisions (what `apply` and `delete` changed)
+    <state-dir>/graphs.json          the applied InferenceGraphs (written after services.json: a graph only ever
+                                     names services saved before it)
     <state-dir>/replicas/<id>.json   one record per replica that outlives the controller: its service, revision,
                                      the hash of the revision's worker template, and the backend's handle (pid, url...)
     <state-dir>/leases/<id>.lease    renewed by the controller that owns the replica (controller/backends/local.py)
@@ -50,6 +52,16 @@ class StateDir:
 
     def save_services(self, services: list[dict[str, Any]]) -> None:
         _write_json(self.path / "services.json", {"version": 1, "services": services})
+
+    # -- graphs ------------------------------------------------------------------------------------------------------
+    def load_graphs(self) -> list[dict[str, Any]]:
+        """The saved InferenceGraphs (as applied), [] when none were saved."""
+        data = _read_json(self.path / "graphs.json")
+        graphs = data.get("graphs") if isinstance(data, dict) else None
+        return [g for g in graphs if isinstance(g, dict)] if isinstance(graphs, list) else []
+
+    def save_graphs(self, graphs: list[dict[str, Any]]) -> None:
+        _write_json(self.path / "graphs.json", {"version": 1, "graphs": graphs})
 
     # -- replicas ----------------------------------------------------------------------------------------------------
     def replicas(self) -> list[ReplicaEntry]:

@@ -18,6 +18,8 @@ from gateway.activator import Activator, ActivatorSettings
 from gateway.dispatch import DispatchDeps, Dispatcher
 from gateway.ejection import EjectingView, Ejector, OnEject
 from gateway.fastpath import GatewayApp
+from gateway.graph.routes import GraphRoutes, attach_graphs
+from gateway.graph.source import GraphSource, StaticGraphs
 from gateway.health import attach_router as attach_health
 from gateway.health.router import Readiness
 from gateway.ledger import LoadLedger
@@ -52,6 +54,7 @@ class Gateway:
     metrics: GatewayMetrics
     pool: UpstreamPool
     grpc: GrpcProxy | None = field(default=None)  # set while serving, when settings.grpc_port is set
+    graphs: GraphRoutes | None = field(default=None)  # the InferenceGraphs it serves
 
 
 def build_gateway(
@@ -65,10 +68,12 @@ def build_gateway(
     readiness: Readiness | None = None,
     collectors: tuple[Collector, ...] = (),
     extensions: tuple[AppExtension, ...] = (),
+    graphs: GraphSource | None = None,
 ) -> Gateway:
     """The gateway. `on_eject` hears about replicas this gateway takes out of rotation (the CLI tells the
     controller); `readiness` says why /ready must fail (the controller's first snapshot has not come); `collectors`
-    add metrics to /metrics; `extensions` may add routes."""
+    add metrics to /metrics; `extensions` may add routes; `graphs` is where it learns InferenceGraphs (the
+    controller's watch; default: none)."""
     metrics = metrics or GatewayMetrics()
     ledger = scheduler.ledger if scheduler is not None else (ledger or LoadLedger())
     pool = UpstreamPool(
@@ -117,15 +122,16 @@ def build_gateway(
         api_keys=[key.get_secret_value() for key in settings.api_keys],
     )
     errors.install_error_handlers(app)
-    attach_chat_completions(app, dispatcher)
+    graph_routes = attach_graphs(app, dispatcher, graphs or StaticGraphs())
+    attach_chat_completions(app, dispatcher, graph_routes)
     attach_completions(app, dispatcher)
     attach_embeddings(app, dispatcher)
-    attach_models(app, view)
+    attach_models(app, view, graph_routes.exposed_models)
     attach_v2(app, dispatcher)
     attach_health(app, view, metrics, readiness)
     for extend in extensions:
         extend(app)
-    gateway = Gateway(app, ledger, scheduler, activator, ejector, view, metrics, pool)
+    gateway = Gateway(app, ledger, scheduler, activator, ejector, view, metrics, pool, graphs=graph_routes)
     return gateway
 
 

@@ -57,6 +57,7 @@ class DataPlane:
             on_eject=self.reporter.suspect,
             readiness=self._readiness,
             collectors=collectors,
+            graphs=self.watch,
         )
         self.server: ManagedServer | None = None
         self.port = settings.port

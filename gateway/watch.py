@@ -5,6 +5,10 @@ request path never waits on the controller. When the watch breaks, the gateway k
 (logged once per outage), reconnects with backoff, and resumes from its last resourceVersion (the controller sends
 a fresh snapshot when it cannot resume, e.g. after a restart). Wake-ups (a request waits at zero replicas) are sent
 to the controller in the background.
+
+InferenceGraphs come with the same watch (GRAPH / GRAPH_DELETED events, the snapshot's `graphs`) and are validated
+again here (`InferenceGraph.model_validate`); one this gateway cannot read (a newer controller's) is logged and
+left out. `graphs()` / `subscribe_graphs()` make this the gateway's graph source (gateway/graph/source.py).
 """
 
 from __future__ import annotations
@@ -13,12 +17,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from pydantic import ValidationError
 
 from llmserve.control import ControlAPIError, ControlClient
 from llmserve.endpoints import Endpoint, Listener, ServiceInfo
-from llmserve.protocol.control import decode_endpoint, decode_service
+from llmserve.protocol.control import decode_endpoint, decode_graph, decode_service
+from llmserve.spec.graph import InferenceGraph
 
 log = logging.getLogger("llmserve.gateway")
 
@@ -49,6 +56,8 @@ class WatchedEndpoints:
         self._by_model: dict[str, ServiceInfo] = {}
         self._ready: dict[str, tuple[Endpoint, ...]] = {}
         self._listeners: list[Listener] = []
+        self._graphs: dict[str, InferenceGraph] = {}
+        self._graph_listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
         self._wakes: dict[str, asyncio.Task[None]] = {}
 
@@ -71,6 +80,14 @@ class WatchedEndpoints:
         task = asyncio.get_running_loop().create_task(self._send_wake(service), name=f"wake {service}")
         self._wakes[service] = task
         task.add_done_callback(lambda _: self._wakes.pop(service, None))
+
+    # -- graphs (gateway/graph/source.py's GraphSource) -------------------------------------------------------------
+    def graphs(self) -> Mapping[str, InferenceGraph]:
+        return self._graphs
+
+    def subscribe_graphs(self, listener: Listener) -> None:
+        """Call `listener(graph name)` after every change to that graph (added, changed, removed)."""
+        self._graph_listeners.append(listener)
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -131,6 +148,10 @@ class WatchedEndpoints:
             self._set_service(decode_service(event["service"]))
         elif kind == "SERVICE_DELETED":
             self._remove_service(str(event["name"]))
+        elif kind == "GRAPH":
+            self._set_graph(event.get("graph"))
+        elif kind == "GRAPH_DELETED":
+            self._remove_graph(str(event["name"]))
         elif kind == "ENDPOINTS":
             name = str(event["service"])
             if name in self._services:
@@ -151,9 +172,49 @@ class WatchedEndpoints:
         self._services = services
         self._by_model = {s.model_name: s for s in services.values()}
         self._ready = {name: endpoints.get(name, ()) for name in services}
+        graphs = dict(self._decode_graphs(snapshot.get("graphs") or []))
+        changed_graphs = {n for n in set(self._graphs) | set(graphs) if self._graphs.get(n) != graphs.get(n)}
+        self._graphs = graphs
         self.synced.set()
         for name in sorted(changed):
             self._notify(name)
+        for name in sorted(changed_graphs):
+            self._notify_graph(name)
+
+    def _decode_graphs(self, raw: list[Any]) -> list[tuple[str, InferenceGraph]]:
+        graphs = []
+        for data in raw:
+            graph = self._decode_graph(data)
+            if graph is not None:
+                graphs.append((graph.name, graph))
+        return graphs
+
+    @staticmethod
+    def _decode_graph(data: Any) -> InferenceGraph | None:
+        try:
+            return decode_graph(data)
+        except (ValidationError, TypeError) as exc:
+            name = data.get("metadata", {}).get("name", "?") if isinstance(data, dict) else "?"
+            log.error("InferenceGraph '%s' from the controller cannot run on this gateway; left out: %s", name, exc)
+            return None
+
+    def _set_graph(self, data: Any) -> None:
+        graph = self._decode_graph(data)
+        if graph is None:  # not runnable here: the previous version is not what the controller has either
+            name = data.get("metadata", {}).get("name") if isinstance(data, dict) else None
+            if isinstance(name, str):
+                self._remove_graph(name)
+            return
+        self._graphs[graph.name] = graph
+        self._notify_graph(graph.name)
+
+    def _remove_graph(self, name: str) -> None:
+        if self._graphs.pop(name, None) is not None:
+            self._notify_graph(name)
+
+    def _notify_graph(self, name: str) -> None:
+        for listener in self._graph_listeners:
+            listener(name)
 
     def _set_service(self, info: ServiceInfo) -> None:
         previous = self._services.get(info.name)

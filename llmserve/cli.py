@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
-from llmserve.spec import InferenceService, SpecError, load_services
+from llmserve.spec import InferenceGraph, InferenceService, SpecError, load_resources, load_services
 from llmserve.storage import StorageError, pull, stderr_progress
 
 if TYPE_CHECKING:
@@ -65,13 +65,21 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser(
         "up", help="run a controller and a gateway in one process (the embedded default); Ctrl-C stops everything"
     )
-    up.add_argument("-f", "--file", default="configs/quickstart.yaml", help="InferenceService YAML")
+    up.add_argument("-f", "--file", default="configs/quickstart.yaml", help="InferenceService / InferenceGraph YAML")
     _gateway_arguments(up)
     _controller_arguments(up, default_port=DEFAULT_CONTROL_PORT, port_flag="--control-port")
     up.set_defaults(handler=_cmd_up)
 
     ct = sub.add_parser("controller", help="run the control plane: workers, autoscaler, the control API")
-    ct.add_argument("-f", "--file", default=None, help="InferenceService YAML applied at start (optional)")
+    ct.add_argument(
+        "-f", "--file", default=None, help="InferenceService / InferenceGraph YAML applied at start (optional)"
+    )
+    ct.add_argument(
+        "--gateway-url",
+        default=None,
+        help="where replicas reach a gateway (passed to them as LLMSERVE_GATEWAY_URL; the retriever embeds through "
+        "it), e.g. http://127.0.0.1:8080",
+    )
     ct.add_argument("--host", default="127.0.0.1", help="control API address (non-loopback needs --token)")
     _controller_arguments(ct, default_port=DEFAULT_CONTROL_PORT, port_flag="--port")
     ct.add_argument(
@@ -95,17 +103,18 @@ def _parser() -> argparse.ArgumentParser:
     _gateway_arguments(gw)
     gw.set_defaults(handler=_cmd_gateway)
 
-    ap = sub.add_parser("apply", help="create or change the services of a file in a running controller")
-    ap.add_argument("-f", "--file", required=True, help="InferenceService YAML")
+    ap = sub.add_parser("apply", help="create or change the services and graphs of a file in a running controller")
+    ap.add_argument("-f", "--file", required=True, help="InferenceService / InferenceGraph YAML")
     _client_arguments(ap)
     ap.set_defaults(handler=_cmd_apply)
 
-    de = sub.add_parser("delete", help="remove a service from a running controller")
-    de.add_argument("name")
+    de = sub.add_parser("delete", help="remove a service or a graph from a running controller")
+    de.add_argument("name", help="a service (NAME or service/NAME) or an InferenceGraph (graph/NAME; plain NAME "
+                    "when no service has that name)")  # fmt: skip
     _client_arguments(de)
     de.set_defaults(handler=_cmd_delete)
 
-    ge = sub.add_parser("get", help="services (or one), their revisions and replicas")
+    ge = sub.add_parser("get", help="services (or one), their revisions and replicas; InferenceGraphs")
     ge.add_argument("name", nargs="?")
     ge.add_argument("-o", "--output", choices=("table", "json"), default="table")
     _client_arguments(ge)
@@ -120,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--format", default=None, help="model format when SOURCE is a URI (default: from the name)")
     pl.set_defaults(handler=_cmd_pull)
 
-    va = sub.add_parser("validate", help="check an InferenceService YAML file")
+    va = sub.add_parser("validate", help="check an InferenceService / InferenceGraph YAML file")
     va.add_argument("file")
     va.add_argument("--routing-profiles", type=Path, default=None, help="directory of RoutingProfile YAML files")
     va.set_defaults(handler=_cmd_validate)
@@ -222,12 +231,20 @@ def _check_routing(services: list[InferenceService], profiles_dir: Path | None, 
             )
 
 
+def _describe_graph(graph: InferenceGraph) -> str:
+    exposed = f", exposed as model '{graph.spec.expose_as.model}'" if graph.spec.expose_as else ""
+    called = ", ".join(graph.service_names()) or "service URLs only"
+    return f"{graph.name}: graph of {len(graph.spec.nodes)} node(s) over {called}{exposed}"
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
-    services = load_services(args.file)
-    _check_routing(services, args.routing_profiles, "token-aware")
-    print(f"{args.file}: ok, {len(services)} InferenceService(s)")
-    for service in services:
+    declared = load_resources(args.file)
+    _check_routing(declared.services, args.routing_profiles, "token-aware")
+    print(f"{args.file}: ok, {len(declared.services)} InferenceService(s), {len(declared.graphs)} InferenceGraph(s)")
+    for service in declared.services:
         print(f"  {_describe(service)}")
+    for graph in declared.graphs:
+        print(f"  {_describe_graph(graph)}")
     return 0
 
 
@@ -274,8 +291,14 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         text = source.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError(f"{source}: cannot read the file: {exc.strerror or exc}") from None
-    load_services(source)  # the same checks (and messages) before anything is sent
-    result = _call(args, lambda client: client.apply(text, str(source)))
+
+    async def apply(client: Any) -> dict[str, Any]:
+        # The same checks (and messages) before anything is sent; graphs may call services already running.
+        running = [s["name"] for s in (await client.get()).get("services", [])]
+        load_resources(source, known_services=running, where="in this file or on the controller")
+        return dict(await client.apply(text, str(source)))
+
+    result = _call(args, apply)
     if result is None:
         return 1
     for line in result.get("applied", []):
@@ -283,25 +306,84 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+_GRAPH_KINDS = ("graph", "graphs", "inferencegraph", "ig")
+_SERVICE_KINDS = ("service", "services", "inferenceservice", "isvc")
+
+
 def _cmd_delete(args: argparse.Namespace) -> int:
-    result = _call(args, lambda client: client.delete(args.name))
+    from llmserve.control import ControlAPIError
+
+    kind, _, name = args.name.rpartition("/")
+    if kind and kind.lower() not in (*_GRAPH_KINDS, *_SERVICE_KINDS):
+        raise UsageError(f"{args.name}: say service/NAME or graph/NAME (or just NAME for a service)")
+
+    async def delete(client: Any) -> dict[str, Any]:
+        if kind.lower() in _GRAPH_KINDS:
+            return dict(await client.delete_graph(name))
+        try:
+            return dict(await client.delete(name))
+        except ControlAPIError as exc:
+            if kind or exc.status != 404:
+                raise
+            try:  # no service of that name: a graph, if there is one
+                return dict(await client.delete_graph(name))
+            except ControlAPIError as graph_exc:
+                if graph_exc.status != 404:
+                    raise
+                raise ControlAPIError(f"{exc} {graph_exc}", 404) from None
+
+    result = _call(args, delete)
     if result is None:
         return 1
-    print(f"{args.name}: deleted")
+    print(f"{result.get('deleted', name)}: deleted")
     return 0
 
 
 def _cmd_get(args: argparse.Namespace) -> int:
-    result = _call(args, lambda client: client.get(args.name))
+    from llmserve.control import ControlAPIError
+
+    async def get(client: Any) -> dict[str, Any]:
+        if args.name is None:
+            listed = dict(await client.get())
+            listed["graphs"] = (await client.graphs()).get("graphs", [])
+            return listed
+        kind, _, name = args.name.rpartition("/")
+        if kind.lower() in _GRAPH_KINDS:
+            return dict(await client.graphs(name))
+        try:
+            return dict(await client.get(name))
+        except ControlAPIError as exc:
+            if kind or exc.status != 404:
+                raise
+            try:
+                return dict(await client.graphs(name))
+            except ControlAPIError:
+                raise exc from None
+
+    result = _call(args, get)
     if result is None:
         return 1
-    services = [result] if args.name else result.get("services", [])
     if args.output == "json":
         print(json.dumps(result, indent=2, sort_keys=True))
         return 0
-    for service in services:
+    if args.name is not None:
+        (_print_graph if result.get("kind") == "InferenceGraph" else _print_service)(result)
+        return 0
+    for service in result.get("services", []):
         _print_service(service)
+    for graph in result.get("graphs", []):
+        _print_graph(graph)
     return 0
+
+
+def _print_graph(graph: dict[str, Any]) -> None:
+    nodes = ", ".join(f"{name}: {kind}" for name, kind in graph["nodes"].items())
+    services = ", ".join(f"{s['name']} ({s['ready_replicas']} ready)" for s in graph["services"]) or "-"
+    print(
+        f"graph/{graph['name']}  {'ready' if graph['ready'] else 'waiting for its services'}  nodes: {nodes}  "
+        f"services: {services}  POST /v1/graphs/{graph['name']}"
+        + (f"  exposed as model '{graph['exposed_as']}'" if graph.get("exposed_as") else "")
+    )
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -317,6 +399,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"gateways reporting: {len(gateways)}" + (f" ({', '.join(g['id'] for g in gateways)})" if gateways else ""))
     for service in body.get("services", []):
         _print_service(service)
+    for graph in body.get("graphs", []):
+        _print_graph(graph)
     return 0
 
 
@@ -361,7 +445,9 @@ def _gateway_settings(args: argparse.Namespace) -> GatewaySettings:
     )
 
 
-def _control_plane(args: argparse.Namespace, host: str) -> ControlPlane:
+def _control_plane(
+    args: argparse.Namespace, host: str, gateway_url: str | None = None, gateway_key: str | None = None
+) -> ControlPlane:
     from controller.backends.local import Leases, LocalBackend
     from controller.run import ControlPlane
     from controller.settings import ControllerSettings
@@ -380,7 +466,12 @@ def _control_plane(args: argparse.Namespace, host: str) -> ControlPlane:
         )
     state_dir = StateDir(args.state_dir)
     token = explicit or state_dir.token()
-    settings = ControllerSettings(log_dir=args.log_dir, warm_pool_size=args.warm_pool)
+    settings = ControllerSettings(
+        log_dir=args.log_dir,
+        warm_pool_size=args.warm_pool,
+        gateway_url=gateway_url,
+        gateway_api_key=SecretStr(gateway_key) if gateway_key else None,
+    )
     backend: Backend
     if args.backend == "ray":
         from controller.backends.ray import RayBackend
@@ -440,11 +531,11 @@ def _with_ray(args: argparse.Namespace, run: Callable[[], None]) -> None:
 
 
 def _cmd_controller(args: argparse.Namespace) -> int:
-    services = load_services(args.file) if args.file else []
-    plane = _control_plane(args, args.host)
+    declared = load_resources(args.file) if args.file else None
+    plane = _control_plane(args, args.host, gateway_url=args.gateway_url)
 
     async def serve() -> None:
-        await plane.start(services)
+        await plane.start(declared.services if declared else [], declared.graphs if declared else [])
         log.info("control API on %s; %s", plane.url, "Ctrl-C leaves the replicas running" if args.keep_workers
                  else "Ctrl-C stops every replica")  # fmt: skip
         stopped = asyncio.ensure_future(plane.serve_until_stopped())
@@ -507,22 +598,26 @@ def _child_argv(argv: list[str]) -> list[str]:
 def _cmd_up(args: argparse.Namespace) -> int:
     from gateway.settings import ControlLinkSettings
 
-    services = load_services(args.file)
+    declared = load_resources(args.file)
+    services = declared.services
     _check_routing(services, args.routing_profiles, args.default_routing_profile)
     settings = _gateway_settings(args)
-    control = _control_plane(args, "127.0.0.1")
+    key = settings.api_keys[0].get_secret_value() if settings.api_keys else None
+    control = _control_plane(args, "127.0.0.1", gateway_url=_replicas_gateway_url(settings), gateway_key=key)
 
     async def serve() -> None:
         from controller.metrics import ControllerCollector
         from gateway.run import DataPlane
 
-        await control.start(services)
+        await control.start(services, declared.graphs)
         link = ControlLinkSettings(url=control.url, token=SecretStr(control.token))
         # One process: the controller's metrics are served on the gateway's /metrics too (one scrape target).
         gateway = DataPlane(settings, link, collectors=(ControllerCollector(control.controller),))
         try:
             await gateway.start()
-            announcer = asyncio.ensure_future(_announce(services, settings, gateway, args.log_dir, control.url))
+            announcer = asyncio.ensure_future(
+                _announce(services, settings, gateway, args.log_dir, control.url, declared.graphs)
+            )
             stopped = asyncio.ensure_future(gateway.serve_until_stopped())
             signalled = asyncio.ensure_future(_until_signalled())
             await asyncio.wait({stopped, signalled}, return_when=asyncio.FIRST_COMPLETED)
@@ -537,13 +632,31 @@ def _cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replicas_gateway_url(settings: GatewaySettings) -> str | None:
+    """Where replicas of `llmserve up` reach its gateway (LLMSERVE_GATEWAY_URL); None for --port 0 (not known
+    until it binds, after replicas may have started)."""
+    if settings.port == 0:
+        log.warning("--port 0: replicas are not told the gateway's address (LLMSERVE_GATEWAY_URL)")
+        return None
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"http://[{host}]:{settings.port}" if ":" in host else f"http://{host}:{settings.port}"
+
+
 async def _announce(
-    services: list[InferenceService], settings: Any, gateway: DataPlane, log_dir: Path, control_url: str
+    services: list[InferenceService],
+    settings: Any,
+    gateway: DataPlane,
+    log_dir: Path,
+    control_url: str,
+    graphs: Sequence[InferenceGraph] = (),
 ) -> None:
     """Say where the gateway is, and how to call each service once it has a ready replica."""
     base = f"http://{settings.host}:{gateway.port}"
     log.info("gateway on %s, control API on %s; replica logs in %s; Ctrl-C stops everything", base, control_url,
              log_dir)  # fmt: skip
+    for graph in graphs:
+        exposed = f"; as the OpenAI model '{graph.spec.expose_as.model}'" if graph.spec.expose_as else ""
+        log.info("graph '%s': POST %s/v1/graphs/%s%s", graph.name, base, graph.name, exposed)
     for service in services:
         if service.spec.predictor.min_replicas == 0:
             log.info("'%s' scales from zero: its first request starts a replica", service.served_model_name)

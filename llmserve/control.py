@@ -1,5 +1,5 @@
 """A client of the controller's control API (routes and wire format: llmserve/protocol/control.py), used by
-gateways (watch, demand reports, wake, suspect reports) and by the CLI (apply, delete, get, status).
+gateways (watch, demand reports, wake, suspect reports) and by the CLI (apply, delete, get, status; graphs too).
 
 Off the request path: httpx, one connection pool per client.
 """
@@ -82,6 +82,13 @@ class ControlClient:
 
     async def get(self, name: str | None = None) -> dict[str, Any]:
         return await self._call("GET", f"{PREFIX}/services" + (f"/{name}" if name else ""))
+
+    async def graphs(self, name: str | None = None) -> dict[str, Any]:
+        """InferenceGraphs (`{"graphs": [...]}`), or one graph."""
+        return await self._call("GET", f"{PREFIX}/graphs" + (f"/{name}" if name else ""))
+
+    async def delete_graph(self, name: str) -> dict[str, Any]:
+        return await self._call("DELETE", f"{PREFIX}/graphs/{name}")
 
     async def status(self) -> dict[str, Any]:
         return await self._call("GET", f"{PREFIX}/status")

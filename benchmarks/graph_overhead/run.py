@@ -1,14 +1,21 @@
-"""What a graph costs per hop: a 3-step Sequence through llmserve's graph router vs the client calling the three
+"""What a graph costs per hop: a 3-step Sequence through the real llmserve gateway vs the client calling the three
 services itself, and vs KServe's own router (cmd/router, Go) when it could be built (build_kserve_router.sh).
 
-Three fast fake services (benchmarks/gateway_overhead/fake_backend.py, one process each) answer every POST with
-a fixed ~400-byte JSON body. The graph is `root: Sequence [s1 ($request), s2 ($response), s3 ($response)]` over
-serviceUrl steps, so the router does what a client chaining them would do. Per request, "direct" is the client
-making the three calls in order with the same keep-alive client; the graph targets take one call.
+Three fast fake services (benchmarks/gateway_overhead/fake_backend.py, one process each) answer every chat
+request with a fixed ~400-byte completion. The gateway (serve_graph.py: build_gateway, as `llmserve gateway` runs
+it, over a fixed registry of three services s1..s3, one replica each) serves the graph `root: Sequence [s1, s2,
+s3]` of serviceName steps, each sent the request (`$request`: a chat completion is not a chat request), so each
+step goes through the gateway's dispatch path (scheduler, ledger, upstream pool). Targets, per request:
 
-Reported per target and concurrency: p50 / p99 latency of the whole request, added p50 vs direct (and per step:
-added / 3), and the router process's CPU time per request (psutil). Rounds are interleaved (each target runs each
-concurrency once per round); medians over rounds are reported with their spread (min..max of the round p50s).
+- direct (3 calls): the client calls the three services in order with one keep-alive client;
+- gateway (3 calls): the client calls the three services through the gateway's /v1/chat/completions;
+- graph (1 call): the client calls POST /v1/graphs/bench once; the gateway makes the three calls;
+- kserve router: its router over serviceUrl steps, when built.
+
+Reported per target and concurrency: p50 / p99 latency of the whole request, added p50 vs direct (and per hop:
+added / 3), and the gateway's (router's) CPU time per request (psutil). Rounds are interleaved (each target runs
+each concurrency once per round); medians over rounds are reported with their spread (min..max of the round
+p50s).
 
     python benchmarks/graph_overhead/run.py --rounds 5 --requests 2000 --concurrency 1,8
     python benchmarks/graph_overhead/run.py --smoke        # a few requests, to check the harness
@@ -39,7 +46,8 @@ import psutil
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 KSERVE_ROUTER = REPO / "benchmarks" / ".work" / "kserve-router" / "router"
-BODY = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+BODY = orjson.dumps({"model": "m", "messages": MESSAGES})
 STEPS = 3
 
 
@@ -73,19 +81,20 @@ def start(cmd: list[str], health: str, env: dict[str, str] | None = None) -> sub
     raise SystemExit(f"{health} did not come up")
 
 
-def graph_spec(urls: list[str]) -> dict[str, object]:
-    steps: list[dict[str, object]] = [
-        {"name": f"s{i + 1}", "serviceUrl": f"{u}/v1/chat/completions"} for i, u in enumerate(urls)
-    ]
-    for step in steps[1:]:
-        step["data"] = "$response"
+def graph_spec(names: list[str]) -> dict[str, object]:
+    steps = [{"name": name, "serviceName": name} for name in names]
+    return {"nodes": {"root": {"routerType": "Sequence", "steps": steps}}}
+
+
+def kserve_spec(urls: list[str]) -> dict[str, object]:
+    steps = [{"name": f"s{i + 1}", "serviceUrl": f"{u}/v1/chat/completions"} for i, u in enumerate(urls)]
     return {"nodes": {"root": {"routerType": "Sequence", "steps": steps}}}
 
 
 @dataclass
 class Target:
     name: str
-    urls: list[str]  # called in order per request (one for a router)
+    calls: list[tuple[str, bytes]]  # (url, body) called in order per request (one for a router)
     process: psutil.Process | None = None
     rounds: dict[int, list[dict[str, float]]] = field(default_factory=dict)
 
@@ -101,12 +110,10 @@ def measure(target: Target, concurrency: int, requests: int) -> dict[str, float]
         with httpx.Client(timeout=30) as client:
             for _ in range(per_worker):
                 started = time.perf_counter()
-                body = BODY
                 ok = True
-                for url in target.urls:
+                for url, body in target.calls:
                     answer = client.post(url, content=body, headers={"content-type": "application/json"})
                     ok = ok and answer.status_code == 200
-                    body = answer.content
                 elapsed = time.perf_counter() - started
                 with lock:
                     latencies.append(elapsed)
@@ -158,14 +165,20 @@ def main() -> None:
             port = free_port()
             processes.append(start([sys.executable, backend, "--port", str(port)], f"http://127.0.0.1:{port}/health"))
             urls.append(f"http://127.0.0.1:{port}")
-        spec = orjson.dumps(graph_spec(urls)).decode()
-        targets = [Target("direct (3 calls)", [f"{u}/v1/chat/completions" for u in urls])]
+        names = [f"s{i + 1}" for i in range(STEPS)]
+        targets = [Target("direct (3 calls)", [(f"{u}/v1/chat/completions", BODY) for u in urls])]
 
         port = free_port()
-        ours = start([sys.executable, str(HERE / "serve_graph.py"), "--port", str(port), "--graph-json", spec],
-                     f"http://127.0.0.1:{port}/v1/graphs/none", env={"PYTHONPATH": str(REPO)})  # fmt: skip
+        gateway = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, str(HERE / "serve_graph.py"), "--port", str(port)]
+        cmd += [f"--service={name}={url}" for name, url in zip(names, urls, strict=True)]
+        cmd += ["--graph-json", orjson.dumps(graph_spec(names)).decode()]
+        ours = start(cmd, f"{gateway}/health", env={"PYTHONPATH": str(REPO)})
         processes.append(ours)
-        targets.append(Target("llmserve graph", [f"http://127.0.0.1:{port}/v1/graphs/bench"], psutil.Process(ours.pid)))
+        gateway_process = psutil.Process(ours.pid)
+        through = [(f"{gateway}/v1/chat/completions", orjson.dumps({"model": n, "messages": MESSAGES})) for n in names]
+        targets.append(Target("gateway (3 calls)", through, gateway_process))
+        targets.append(Target("graph (1 call)", [(f"{gateway}/v1/graphs/bench", BODY)], gateway_process))
 
         notes = []
         if not KSERVE_ROUTER.exists():
@@ -173,9 +186,10 @@ def main() -> None:
         elif not port_free(8080):
             notes.append("KServe's router: skipped, port 8080 (its hard-coded port) is in use")
         else:
+            spec = orjson.dumps(kserve_spec(urls)).decode()
             kserve = start([str(KSERVE_ROUTER), "--graph-json", spec], "http://127.0.0.1:8080/readyz")
             processes.append(kserve)
-            targets.append(Target("kserve router", ["http://127.0.0.1:8080/"], psutil.Process(kserve.pid)))
+            targets.append(Target("kserve router", [("http://127.0.0.1:8080/", BODY)], psutil.Process(kserve.pid)))
 
         for target in targets:  # warm-up
             measure(target, 1, 20)
@@ -203,14 +217,14 @@ def render(targets: list[Target], levels: list[int], args: argparse.Namespace, n
         "",
         f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}",
         f"- machine: {platform.node()}, {os.cpu_count()} cores, {platform.machine()}, "
-        f"Python {platform.python_version()}; load average at the end: {load}; client, router and the three fake "
+        f"Python {platform.python_version()}; load average at the end: {load}; client, gateway and the three fake "
         "services share the cores",
         f"- command: `{command}`",
         f"- {args.rounds} interleaved rounds of {args.requests} requests per target and concurrency; medians over "
         "rounds (spread: min..max of the round p50s)",
         *[f"- {note}" for note in notes],
         "",
-        "| target | concurrency | req/s | p50 ms (spread) | p99 ms | added p50 ms | per step ms | router CPU us/req |"
+        "| target | concurrency | req/s | p50 ms (spread) | p99 ms | added p50 ms | per hop ms | gateway CPU us/req |"
         " errors |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]

@@ -1,9 +1,13 @@
-"""Serve InferenceGraphs with llmserve's graph router (GraphApp over the direct HTTP step caller), the way the
-benchmark runs it: one process, uvicorn + httptools + uvloop, access log off.
+"""The llmserve gateway (build_gateway: auth, dispatch, ledger, routing, metrics) serving one InferenceGraph over
+fixed services, without a controller, the way the benchmark runs it: one process, uvicorn + httptools + uvloop,
+access log off.
 
-    python benchmarks/graph_overhead/serve_graph.py --port 9100 --graph-json '{"nodes": {...}}' [--name bench]
+    python benchmarks/graph_overhead/serve_graph.py --port 9100 --service s1=http://127.0.0.1:9001 ... \
+        --graph-json '{"nodes": {...}}' [--name bench]
 
-`--graph-json` takes the graph's `spec` (as KServe's router does); it is served at POST /v1/graphs/NAME.
+Each `--service NAME=URL` is an OpenAI service of one replica serving model NAME (routed with least-request);
+`--graph-json` is the graph's `spec`, served at POST /v1/graphs/NAME; the services answer /v1/chat/completions
+through the gateway too.
 """
 
 from __future__ import annotations
@@ -13,19 +17,26 @@ import argparse
 import orjson
 import uvicorn
 
-from gateway.graph import GraphRouter
-from gateway.graph.asgi import GraphApp
-from gateway.graph.http_caller import HttpStepCaller
+from gateway.app import build_gateway
+from gateway.graph.source import StaticGraphs
+from gateway.settings import GatewaySettings
+from llmserve.endpoints import Endpoint, EndpointRegistry, ServiceInfo
 from llmserve.spec.graph import InferenceGraph
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--name", default="bench")
+    parser.add_argument("--service", action="append", default=[], help="NAME=URL (repeatable)")
     parser.add_argument("--graph-json", required=True, help="the graph's spec as JSON")
     args = parser.parse_args()
+    registry = EndpointRegistry()
+    for entry in args.service:
+        name, _, url = entry.partition("=")
+        registry.declare_service(ServiceInfo(name=name, model_name=name, routing_profile="least-request"))
+        registry.publish(Endpoint(name, f"{name}-0", url))
     graph = InferenceGraph.model_validate(
         {
             "apiVersion": "serving.llmserve.io/v1alpha1",
@@ -34,8 +45,8 @@ def main() -> None:
             "spec": orjson.loads(args.graph_json),
         }
     )
-    app = GraphApp({graph.name: GraphRouter(graph, HttpStepCaller({}))})
-    uvicorn.run(app, host=args.host, port=args.port, http="httptools", loop="uvloop", log_level="warning",
+    parts = build_gateway(GatewaySettings(port=args.port), registry, graphs=StaticGraphs([graph]))
+    uvicorn.run(parts.app, host=args.host, port=args.port, http="httptools", loop="uvloop", log_level="warning",
                 access_log=False)  # fmt: skip
 
 

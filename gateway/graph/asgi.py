@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import orjson
@@ -41,23 +42,29 @@ async def answer_client(
     send: Send,
     *,
     errors: ErrorStyle = "graph",
+    headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> int:
-    """Run `router` on `body` (the request body, already read) and send its answer; returns the status sent (499
-    when the client went away first)."""
-    reply = Reply(send, [])
+    """Run `router` on `body` (the request body, already read) and send its answer (with `headers` added, e.g. the
+    request id); returns the status sent (499 when the client went away first)."""
+    echo = list(headers)
+    reply = Reply(send, echo)
     watch = DisconnectWatch(receive)
     watch.start()
     try:
         answer = await router.run(body, list(scope["headers"]))
         if isinstance(answer.body, bytes):
             reply.started = True
-            await send_bytes(send, answer.status, answer.body, content_type=_content_type(answer.headers))
+            await send_bytes(send, answer.status, answer.body, content_type=_content_type(answer.headers), headers=echo)
             return answer.status
         chunks = answer.body
         try:
             reply.started = True
             await send(
-                {"type": "http.response.start", "status": answer.status, "headers": [*answer.headers, *_STREAM_HEADERS]}
+                {
+                    "type": "http.response.start",
+                    "status": answer.status,
+                    "headers": [*answer.headers, *_STREAM_HEADERS, *echo],
+                }
             )
             async for chunk in chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -70,7 +77,7 @@ async def answer_client(
             await reply.error_frame(error)
         else:
             extra = [(k.encode(), v.encode()) for k, v in error.headers.items()]
-            await send_bytes(send, error.status, render_error(error, errors), headers=extra)
+            await send_bytes(send, error.status, render_error(error, errors), headers=[*extra, *echo])
         return error.status
     except asyncio.CancelledError:
         if not watch.gone:
@@ -82,7 +89,8 @@ async def answer_client(
     except Exception:
         log.exception("graph '%s' failed", router.name)
         with contextlib.suppress(Exception):  # fails if the answer had started: nothing more to say then
-            await send_bytes(send, 500, render_error(ServingError(500, "internal error in the graph router"), errors))
+            failure = ServingError(500, "internal error in the graph router")
+            await send_bytes(send, 500, render_error(failure, errors), headers=echo)
         return 500
     finally:
         watch.stop()
@@ -92,14 +100,28 @@ def _content_type(headers: list[tuple[bytes, bytes]]) -> bytes:
     return next((v for k, v in headers if k == b"content-type"), b"application/json")
 
 
+Observe = Callable[[str, int, float], None]  # (graph name or "", status, seconds)
+
+
 class GraphApp:
-    """POST /v1/graphs/{name}[/anything]: run graph `name` on the body."""
+    """POST /v1/graphs/{name}[/anything]: run graph `name` on the body (KServe runs a graph on any path of its own
+    host; one gateway serves many graphs, so each has its own prefix and any path below it reaches its root).
+    `routers` is read at every request (a caller may change it in place); `observe` hears every answer."""
 
     PREFIX = "/v1/graphs/"
 
-    def __init__(self, routers: Mapping[str, GraphRouter], *, max_body_bytes: int = 10 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        routers: Mapping[str, GraphRouter],
+        *,
+        max_body_bytes: int = 10 * 1024 * 1024,
+        observe: Observe | None = None,
+        headers: Callable[[Scope], Sequence[tuple[bytes, bytes]]] | None = None,
+    ) -> None:
         self.routers = routers
         self.max_body_bytes = max_body_bytes
+        self.observe = observe
+        self.headers = headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -107,25 +129,34 @@ class GraphApp:
             return
         if scope["type"] != "http":
             return
+        started = time.perf_counter()
+        echo = list(self.headers(scope)) if self.headers is not None else []
+        name, status = await self._answer(scope, receive, send, echo)
+        if self.observe is not None:
+            self.observe(name, status, time.perf_counter() - started)
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, send: Send, echo: list[tuple[bytes, bytes]]
+    ) -> tuple[str, int]:
         path: str = scope["path"]
         name = path.removeprefix(self.PREFIX).split("/", 1)[0] if path.startswith(self.PREFIX) else ""
         router = self.routers.get(name)
         if router is None:
             error = ServingError(404, f"no InferenceGraph named '{name}'" if name else f"no route {path}")
-            await send_bytes(send, 404, render_error(error, "graph"))
-            return
+            await send_bytes(send, 404, render_error(error, "graph"), headers=echo)
+            return "", 404
         if scope["method"] != "POST":
             error = ServingError(405, "graphs take POST")
-            await send_bytes(send, 405, render_error(error, "graph"), headers=[(b"allow", b"POST")])
-            return
+            await send_bytes(send, 405, render_error(error, "graph"), headers=[(b"allow", b"POST"), *echo])
+            return name, 405
         try:
             body = await read_body(scope, receive, self.max_body_bytes)
         except ServingError as error:
-            await send_bytes(send, error.status, render_error(error, "graph"))
-            return
+            await send_bytes(send, error.status, render_error(error, "graph"), headers=echo)
+            return name, error.status
         except ClientDisconnected:
-            return
-        await answer_client(router, body, scope, receive, send)
+            return name, 499
+        return name, await answer_client(router, body, scope, receive, send, headers=echo)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

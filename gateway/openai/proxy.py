@@ -13,6 +13,7 @@ from starlette.routing import Route
 from gateway.asgi import Receive, Scope, Send, header, read_body, send_error
 from gateway.dispatch import Dispatcher, Exchange, Outbound
 from gateway.fastpath import GatewayApp
+from gateway.graph.routes import GraphRoutes
 from gateway.ledger import Dispatched
 from gateway.routing import RouteContext
 from gateway.streaming import RelayStats, Reply, relay
@@ -25,8 +26,16 @@ from llmserve.protocol.openai import OpenAIRequest, parse_request
 class OpenAIProxy:
     """ASGI app for one OpenAI route (e.g. POST /v1/chat/completions)."""
 
-    def __init__(self, route: str, path: str, request_model: type[OpenAIRequest], dispatcher: Dispatcher) -> None:
+    def __init__(
+        self,
+        route: str,
+        path: str,
+        request_model: type[OpenAIRequest],
+        dispatcher: Dispatcher,
+        graphs: GraphRoutes | None = None,
+    ) -> None:
         self.route = route
+        self.graphs = graphs  # InferenceGraphs exposed as models (spec.exposeAs): resolved before services
         self.path = path.encode()
         self.request_model = request_model
         self.dispatcher = dispatcher
@@ -45,6 +54,11 @@ class OpenAIProxy:
         async def handle() -> int:
             body = await read_body(scope, receive, self.settings.max_body_bytes)
             request = parse_request(self.request_model, body)
+            graphs = self.graphs
+            graph = graphs.exposed(request.model) if graphs is not None else None
+            if graphs is not None and graph is not None:
+                exchange.model = request.model
+                return await graphs.answer_openai(graph, body, scope, receive, send, reply.headers)
             service = self.endpoints.resolve_model(request.model)
             if service is None:
                 raise ServingError.model_not_found(request.model)
@@ -136,10 +150,16 @@ class OpenAIProxy:
 
 
 def add_proxy_route(
-    app: GatewayApp, route: str, path: str, request_model: type[OpenAIRequest], dispatcher: Dispatcher
+    app: GatewayApp,
+    route: str,
+    path: str,
+    request_model: type[OpenAIRequest],
+    dispatcher: Dispatcher,
+    graphs: GraphRoutes | None = None,
 ) -> None:
-    """Serve POST `path` with an OpenAIProxy on the app's fast path (other methods get 405 from the router)."""
-    proxy = OpenAIProxy(route, path, request_model, dispatcher)
+    """Serve POST `path` with an OpenAIProxy on the app's fast path (other methods get 405 from the router);
+    `graphs`: the InferenceGraphs exposed as models on this route."""
+    proxy = OpenAIProxy(route, path, request_model, dispatcher, graphs)
     app.add_fast_route(path, proxy)
     app.router.routes.append(Route(path, proxy, methods=["POST"]))
 

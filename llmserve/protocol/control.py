@@ -1,18 +1,24 @@
 """The control API's wire format (version 1): what the controller serves and gateways and the CLI send.
 
-    GET    /control/v1/state                      the snapshot: services and ready endpoints, with a resourceVersion
+    GET    /control/v1/state                      the snapshot: services, ready endpoints and graphs, with a
+                                                  resourceVersion
     GET    /control/v1/watch?resourceVersion=RV   NDJSON events: the snapshot (or, resuming, the changes after RV)
                                                   then every change; BOOKMARK lines keep an idle stream alive
     POST   /control/v1/demand                     a gateway's demand report (sequence-numbered)
     POST   /control/v1/wake                       a request waits for a service that has no ready replica
     POST   /control/v1/suspect                    a gateway took a replica out of rotation (unreachable, engine dead)
     GET    /control/v1/services[/NAME]            services with revisions and replicas (`llmserve get`)
-    PUT    /control/v1/services                   create or change services (`llmserve apply`; YAML or JSON body)
-    DELETE /control/v1/services/NAME              remove a service (`llmserve delete`)
+    PUT    /control/v1/services                   create or change the services and InferenceGraphs of a YAML file
+                                                  (`llmserve apply`)
+    DELETE /control/v1/services/NAME              remove a service (`llmserve delete`; 409 while a graph calls it)
+    GET    /control/v1/graphs[/NAME]              InferenceGraphs with the readiness of the services they call
+    DELETE /control/v1/graphs/NAME                remove an InferenceGraph (`llmserve delete graph/NAME`)
     GET    /control/v1/status                     services, the autoscaler's decisions, gateways, the backend
     GET    /control/v1/prometheus/targets         Prometheus HTTP service discovery of the replicas' /metrics
 
 Every route but /health needs `Authorization: Bearer <control token>`. Errors are `{"error": "..."}`.
+Graphs travel as applied (`InferenceGraph.model_dump(mode="json", by_alias=True)`, GRAPH / GRAPH_DELETED events
+and the snapshot's `graphs`); gateways validate them again. A gateway that predates graphs ignores both.
 A resourceVersion is opaque to clients ("<epoch>.<sequence>": a restarted controller starts a new epoch, and a
 watch resumed from another epoch, or from a version older than the controller keeps, starts with a fresh snapshot).
 """
@@ -20,18 +26,19 @@ watch resumed from another epoch, or from a version older than the controller ke
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmserve.endpoints import Demand, Endpoint, ServiceInfo
+from llmserve.spec.graph import InferenceGraph
 
 PREFIX = "/control/v1"
 WATCH_CONTENT_TYPE = "application/x-ndjson"
 BOOKMARK_INTERVAL_S = 5.0  # an idle watch still gets a line this often: silence longer than ~3x means trouble
 
-EventType = Literal["SNAPSHOT", "SERVICE", "SERVICE_DELETED", "ENDPOINTS", "BOOKMARK"]
+EventType = Literal["SNAPSHOT", "SERVICE", "SERVICE_DELETED", "ENDPOINTS", "GRAPH", "GRAPH_DELETED", "BOOKMARK"]
 
 _SERVICE_FIELDS = frozenset(f.name for f in dataclasses.fields(ServiceInfo))
 _ENDPOINT_FIELDS = frozenset(f.name for f in dataclasses.fields(Endpoint))
@@ -52,6 +59,15 @@ def encode_endpoint(endpoint: Endpoint) -> dict[str, Any]:
 
 def decode_endpoint(data: Mapping[str, Any]) -> Endpoint:
     return Endpoint(**{k: v for k, v in data.items() if k in _ENDPOINT_FIELDS})
+
+
+def encode_graph(graph: InferenceGraph) -> dict[str, Any]:
+    return graph.model_dump(mode="json", by_alias=True)
+
+
+def decode_graph(data: Mapping[str, Any]) -> InferenceGraph:
+    """An InferenceGraph from the wire, validated again (pydantic's ValidationError when it is not one)."""
+    return InferenceGraph.model_validate(data)
 
 
 class _Wire(BaseModel):
@@ -101,13 +117,17 @@ class SuspectReport(_Wire):
 
 
 def snapshot_event(
-    resource_version: str, services: list[ServiceInfo], endpoints: Mapping[str, tuple[Endpoint, ...]]
+    resource_version: str,
+    services: list[ServiceInfo],
+    endpoints: Mapping[str, tuple[Endpoint, ...]],
+    graphs: Sequence[InferenceGraph] = (),
 ) -> dict[str, Any]:
     return {
         "type": "SNAPSHOT",
         "resourceVersion": resource_version,
         "services": [encode_service(s) for s in services],
         "endpoints": {name: [encode_endpoint(e) for e in eps] for name, eps in endpoints.items()},
+        "graphs": [encode_graph(g) for g in graphs],
     }
 
 
@@ -126,6 +146,14 @@ def endpoints_event(resource_version: str, service: str, endpoints: tuple[Endpoi
         "service": service,
         "endpoints": [encode_endpoint(e) for e in endpoints],
     }
+
+
+def graph_event(resource_version: str, graph: InferenceGraph) -> dict[str, Any]:
+    return {"type": "GRAPH", "resourceVersion": resource_version, "graph": encode_graph(graph)}
+
+
+def graph_deleted_event(resource_version: str, name: str) -> dict[str, Any]:
+    return {"type": "GRAPH_DELETED", "resourceVersion": resource_version, "name": name}
 
 
 def bookmark_event(resource_version: str) -> dict[str, Any]:

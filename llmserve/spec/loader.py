@@ -43,19 +43,22 @@ def parse_services(text: str, source: str = "<string>") -> list[InferenceService
     return parse_resources(text, source).services
 
 
-def load_resources(path: str | Path, *, known_services: Iterable[str] = ()) -> Declared:
+def load_resources(path: str | Path, *, known_services: Iterable[str] = (), where: str = "in this file") -> Declared:
     """The InferenceServices and InferenceGraphs of one YAML file; see `parse_resources`."""
     source = Path(path)
     try:
         text = source.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError(f"{source}: cannot read the file: {exc.strerror or exc}") from None
-    return parse_resources(text, str(source), known_services=known_services)
+    return parse_resources(text, str(source), known_services=known_services, where=where)
 
 
-def parse_resources(text: str, source: str = "<string>", *, known_services: Iterable[str] = ()) -> Declared:
+def parse_resources(
+    text: str, source: str = "<string>", *, known_services: Iterable[str] = (), where: str = "in this file"
+) -> Declared:
     """Every document of `text`, checked. A graph's serviceName steps must name a service of the same file or
-    one of `known_services` (those already running where the file is applied)."""
+    one of `known_services` (those already running where the file is applied); `where` says which, for the
+    message ("in this file", "in this file or on the controller")."""
     try:
         documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
     except yaml.YAMLError as exc:
@@ -64,25 +67,25 @@ def parse_resources(text: str, source: str = "<string>", *, known_services: Iter
         raise SpecError(f"{source}: no InferenceService or InferenceGraph found (the file is empty).")
     declared = Declared()
     for index, document in enumerate(documents):
-        where = source if len(documents) == 1 else f"{source} (document {index + 1})"
+        located = source if len(documents) == 1 else f"{source} (document {index + 1})"
         if not isinstance(document, dict):
-            raise SpecError(f"{where}: expected a mapping with apiVersion, kind, metadata and spec.")
+            raise SpecError(f"{located}: expected a mapping with apiVersion, kind, metadata and spec.")
         kind = document.get("kind", "InferenceService")
         model = KINDS.get(kind) if isinstance(kind, str) else None
         if model is None:
             raise SpecError(
-                f"{where}: invalid resource:\n  kind: must be 'InferenceService' or 'InferenceGraph' (got {kind!r})"
+                f"{located}: invalid resource:\n  kind: must be 'InferenceService' or 'InferenceGraph' (got {kind!r})"
             )
         try:
             resource = model.model_validate(document)
         except ValidationError as exc:
-            raise SpecError(_describe(where, exc, model)) from None
+            raise SpecError(_describe(located, exc, model)) from None
         if isinstance(resource, InferenceGraph):
             declared.graphs.append(resource)
         else:
             declared.services.append(resource)
     _check_unique(source, declared.services)
-    check_graphs(source, declared.graphs, declared.services, known_services=known_services, where="in this file")
+    check_graphs(source, declared.graphs, declared.services, known_services=known_services, where=where)
     return declared
 
 

@@ -41,7 +41,8 @@ RUNTIME_FORMATS: dict[str, tuple[str, ...]] = {
     "llmserve-v2": PREDICTIVE_FORMATS,
     "llmserve-retriever": DOCUMENT_FORMATS,
 }
-RETRIEVER_FLAGS = ("--embeddings-url", "--embeddings-model")
+# --embeddings-url may be left out: the retriever then embeds through the gateway the controller names to replicas.
+RETRIEVER_FLAGS = ("--embeddings-model",)
 # Runtimes that speak the V2 / KServe V1 protocols (the gateway's /v2 and :predict routes); the others OpenAI's.
 V2_RUNTIMES = ("llmserve-v2", "llmserve-retriever")
 
@@ -427,6 +428,6 @@ class InferenceService(_Strict):
             if missing:
                 raise ValueError(
                     f"spec.predictor.model.args: the llmserve-retriever runtime needs {' and '.join(missing)} "
-                    "(e.g. --embeddings-url http://127.0.0.1:8080 --embeddings-model minilm)"
+                    "(e.g. --embeddings-model minilm; --embeddings-url defaults to the gateway)"
                 )
         return self

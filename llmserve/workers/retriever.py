@@ -10,8 +10,9 @@ from llmserve.workers.plan import WorkerPlan
 
 
 def retriever_plan(service: InferenceService, documents: Path, *, python: str | None = None) -> WorkerPlan:
-    """`args` carry `--embeddings-url` and `--embeddings-model` (the spec requires them) and optionally `--top-k`.
-    Ready once every passage is embedded: that waits for the embeddings service, which may be starting too."""
+    """`args` carry `--embeddings-model` (the spec requires it), optionally `--embeddings-url` (default: the gateway
+    the controller names in LLMSERVE_GATEWAY_URL) and `--top-k`. Ready once every passage is embedded: that waits
+    for the embeddings service, which may be starting too."""
     model = service.spec.predictor.model
     argv = [
         python or sys.executable, "-m", "llmserve.runtimes.retriever",

