@@ -57,6 +57,7 @@ class DataPlane:
             on_eject=self.reporter.suspect,
             readiness=self._readiness,
             collectors=collectors,
+            controller_status=self.client.status,  # the status page at /ui
         )
         self.server: ManagedServer | None = None
         self.port = settings.port
