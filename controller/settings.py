@@ -6,6 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmserve.workers.tracing import WorkerTracing
+
 
 class ControllerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -35,3 +37,7 @@ class ControllerSettings(BaseModel):
         "seconds after it is asked for (about 750 MiB each while idle). 0: every replica starts the plain way.",
     )
     pull_retry_s: float = Field(default=30.0, gt=0, description="Delay before retrying a failed model pull.")
+    worker_tracing: WorkerTracing | None = Field(
+        default=None,
+        description="Where vLLM replicas export their own spans (--otlp-traces-endpoint); None: untraced workers.",
+    )
