@@ -66,6 +66,7 @@ INPUT_TOKENS = "gen_ai.usage.input_tokens"
 OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
 STATUS = "http.response.status_code"
 ERROR_TYPE = "error.type"
+ERROR_MESSAGE = "llmserve.error.message"
 ATTEMPT = "llmserve.upstream.attempt"
 SERVER_ADDRESS = "server.address"
 URL = "url.full"
@@ -334,10 +335,12 @@ class _OtelSpan(Span):
 
         if status is not None:
             self._span.set_attribute(STATUS, status)
-        if error is not None or (status is not None and status >= 500):
+        if (error is not None and status is None) or (status is not None and status >= 500):
             message = error or f"HTTP {status}"
             self._span.set_status(Status(StatusCode.ERROR, message))
             self._span.set_attribute(ERROR_TYPE, str(status) if status is not None else "error")
+        elif error is not None:  # a 4xx: the client's mistake, not the span's error (OpenTelemetry's HTTP rule)
+            self._span.set_attribute(ERROR_MESSAGE, error)
         self._span.end()
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
