@@ -2,8 +2,9 @@
 
 The controller logs when each step begins and ends; in between a vLLM replica can take a minute to start and a
 pull longer, in silence. `StartupProgress.lines(status, now)` reads the controller's status (the shape of GET
-/control/v1/status) and says what is still under way, once when it begins and then every `every_s`, and when the
-warm pool's readiness changes. A pure function of its inputs and the previous call's (tests pass `now`).
+/control/v1/status) and says what is still under way every `every_s` (the controller logs when each begins
+and ends), and when the warm pool's readiness changes. A pure function of its inputs and the previous call's
+(tests pass `now`).
 """
 
 from __future__ import annotations
@@ -34,14 +35,9 @@ class StartupProgress:
         out = []
         for step, text in steps.items():
             since = self._since.setdefault(step, now)
-            said = self._said.get(step)
-            if said is None:
-                out.append(f"{text}…")
-            elif now - said >= self.every_s:
+            if now - self._said.get(step, since) >= self.every_s:  # the controller logged when it began
                 out.append(f"{text} ({now - since:.0f} s so far)…")
-            else:
-                continue
-            self._said[step] = now
+                self._said[step] = now
         for step in [s for s in self._since if s not in steps]:  # done: the controller logged how it ended
             self._since.pop(step)
             self._said.pop(step, None)
