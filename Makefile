@@ -4,7 +4,7 @@ CONFIG ?= configs/quickstart.yaml
 PORT   ?= 8080
 BIN    := $(VENV)/bin
 
-.PHONY: up test setup lint pull load iris bench bench-topology clean
+.PHONY: up test setup lint pull load iris bench bench-topology bench-tracing clean
 
 up: setup
 	$(BIN)/llmserve pull $(CONFIG)
@@ -42,6 +42,11 @@ load: setup
 
 iris: setup  # re-train the ready-to-run iris model that configs/iris.yaml serves (it is shipped already)
 	$(BIN)/python scripts/train_iris.py configs/iris
+
+# Tracing off vs on (added p50 and gateway CPU per request), interleaved rounds in one run; needs wrk.
+TRACING_ARGS ?= --rounds 5 --duration 10
+bench-tracing: setup
+	$(BIN)/python benchmarks/tracing_overhead/run.py $(TRACING_ARGS)
 
 clean:
 	rm -rf $(VENV) .llmserve .mypy_cache .ruff_cache .pytest_cache

@@ -1,7 +1,7 @@
 """The llmserve gateway alone, in front of fixed worker URLs (no controller), for benchmarks.
 
     python benchmarks/gateway_overhead/serve_gateway.py --port 9002 --worker http://127.0.0.1:9000 --model m \
-        [--routing-profile token-aware] [--tokenizer-dir DIR] [--protocol v2 [--grpc-port 9003]]
+        [--routing-profile token-aware] [--tokenizer-dir DIR] [--protocol v2 [--grpc-port 9003]] [--otlp-endpoint URL]
 
 `--protocol v2`: the workers are V2 runtimes (`python -m llmserve.runtimes.server`) serving MODEL; the gateway
 routes /v2/models/MODEL/... (and KServe V1 :predict) to them.
@@ -10,11 +10,13 @@ routes /v2/models/MODEL/... (and KServe V1 :predict) to them.
 from __future__ import annotations
 
 import argparse
+import os
 
 import uvicorn
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
+from gateway.tracing import TracingSettings
 from llmserve.endpoints import Endpoint, EndpointRegistry, ServiceInfo
 
 
@@ -28,6 +30,7 @@ def main() -> None:
     parser.add_argument("--protocol", choices=["openai", "v2"], default="openai", help="what the workers speak")
     parser.add_argument("--grpc-port", type=int, default=0, help="the gateway's gRPC port (0: off)")
     parser.add_argument("--worker-grpc", action="append", default=[], help="V2 worker gRPC host:port (repeatable)")
+    parser.add_argument("--otlp-endpoint", default=None, help="trace requests to this OTLP collector (else OTEL_*)")
     args = parser.parse_args()
     registry = EndpointRegistry()
     registry.declare_service(
@@ -42,7 +45,8 @@ def main() -> None:
     for i, url in enumerate(args.worker):
         grpc_address = args.worker_grpc[i] if i < len(args.worker_grpc) else None
         registry.publish(Endpoint(args.model, f"{args.model}-{i}", url, grpc_address))
-    app = create_app(GatewaySettings(port=args.port, grpc_port=args.grpc_port), registry)
+    tracing = TracingSettings.from_environment(os.environ, otlp_endpoint=args.otlp_endpoint)
+    app = create_app(GatewaySettings(port=args.port, grpc_port=args.grpc_port, tracing=tracing), registry)
     uvicorn.run(
         app, host="127.0.0.1", port=args.port, http="httptools", loop="uvloop", access_log=False, log_level="warning"
     )
