@@ -5,7 +5,7 @@ PORT   ?= 8080
 BIN    := $(VENV)/bin
 
 .PHONY: up test setup lint pull load iris clean bench-deps bench-routing bench-peers bench-overhead bench-v2 \
-        bench-decision bench-calibration bench-gpu bench-topology bench-graph readme-table
+        bench-decision bench-calibration bench-gpu bench-topology bench-graph bench-tracing readme-table
 
 up: setup
 	$(BIN)/llmserve pull $(CONFIG)
@@ -43,6 +43,11 @@ load: setup
 
 iris: setup  # re-train the ready-to-run iris model that configs/iris.yaml serves (it is shipped already)
 	$(BIN)/python scripts/train_iris.py configs/iris
+
+# Tracing off vs on (added p50 and gateway CPU per request), interleaved rounds in one run; needs wrk.
+TRACING_ARGS ?= --rounds 5 --duration 10
+bench-tracing: setup
+	$(BIN)/python benchmarks/tracing_overhead/run.py $(TRACING_ARGS)
 
 clean:
 	rm -rf $(VENV) .llmserve .mypy_cache .ruff_cache .pytest_cache

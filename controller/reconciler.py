@@ -48,6 +48,7 @@ from llmserve.spec.models import parse_quantity
 from llmserve.workers import WorkerPlan
 from llmserve.workers.retriever import retriever_plan
 from llmserve.workers.sim.plan import sim_plan
+from llmserve.workers.tracing import WorkerTracing
 from llmserve.workers.v2 import v2_plan
 from llmserve.workers.vllm import vllm_plan
 
@@ -64,9 +65,10 @@ def pull_model(service: InferenceService) -> Path:
     return storage.pull(model.storage_uri, model.model_format.name, progress=storage.stderr_progress)
 
 
-def plan_for(python: str | None) -> PlanFn:
-    """The worker plan of each runtime, carrying its service's resource requests."""
-    return with_spec_resources(_runtime_plan(python))
+def plan_for(python: str | None, tracing: WorkerTracing | None = None) -> PlanFn:
+    """The worker plan of each runtime, carrying its service's resource requests (`tracing`: vLLM replicas and
+    the simulator get --otlp-traces-endpoint)."""
+    return with_spec_resources(_runtime_plan(python, tracing))
 
 
 def spec_resources(service: InferenceService) -> dict[str, float]:
@@ -94,14 +96,15 @@ def with_spec_resources(
     return planned
 
 
-def _runtime_plan(python: str | None) -> PlanFn:
+def _runtime_plan(python: str | None, tracing: WorkerTracing | None = None) -> PlanFn:
     def plan(service: InferenceService, model_dir: Path) -> WorkerPlan:
         if service.runtime == "vllm":
-            return vllm_plan(service, model_dir, python=python)
+            return vllm_plan(service, model_dir, python=python, tracing=tracing)
         if service.runtime == "vllm-sim":
             model = service.spec.predictor.model
             tokenizer = str(model_dir) if (model_dir / "tokenizer.json").is_file() else None
-            plan = sim_plan(service.served_model_name, args=model.args, tokenizer=tokenizer, python=python)
+            args = [*tracing.flags(), *model.args] if tracing is not None else model.args
+            plan = sim_plan(service.served_model_name, args=args, tokenizer=tokenizer, python=python)
             return dataclasses.replace(plan, env={**plan.env, **{v.name: v.value for v in model.env}})
         if service.runtime == "llmserve-v2":
             return v2_plan(service, model_dir, python=python)
@@ -295,7 +298,8 @@ class Controller:
         self.registry = registry
         self.state_dir = state_dir
         self._pull = pull
-        self._plan = with_gateway_env(plan or plan_for(self.settings.python), self.settings)
+        planned = plan or plan_for(self.settings.python, self.settings.worker_tracing)
+        self._plan = with_gateway_env(planned, self.settings)
         self._close_health: Callable[[], Any] | None = None
         default_health, self._busy, self._close_health = http_probes()
         self._health = health or default_health

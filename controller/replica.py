@@ -64,6 +64,7 @@ class ReplicaRecord:
     ready_at: float | None = None
     last_exit: str | None = None
     adopted: bool = False
+    log: str | None = None  # the replica process's log file (`llmserve logs`), when its backend writes one here
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +78,7 @@ class ReplicaRecord:
             "started_at": self.started_at,
             "ready_at": self.ready_at,
             "last_exit": self.last_exit,
+            "log": self.log,
         }
 
 
@@ -211,6 +213,8 @@ class Replica:
             log.info("replica %s starting at %s (pid %s)", self.replica_id, process.url, process.pid)
             record.adopted = False
         record.url, record.pid, record.started_at = process.url, process.pid, time.time()
+        log_path = getattr(process, "log_path", None)  # local and pooled processes; Ray logs on its node
+        record.log = str(log_path) if log_path and str(log_path) not in ("", ".") else None
         handle = process.handle()
         if handle is not None and self._journal is not None:
             self._journal.launched(self, handle)

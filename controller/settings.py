@@ -6,6 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from llmserve.workers.tracing import WorkerTracing
+
 
 class ControllerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -44,4 +46,8 @@ class ControllerSettings(BaseModel):
         default=None,
         description="A key of that gateway, passed to replicas as LLMSERVE_GATEWAY_API_KEY when it takes keys. "
         "Never logged.",
+    )
+    worker_tracing: WorkerTracing | None = Field(
+        default=None,
+        description="Where vLLM replicas export their own spans (--otlp-traces-endpoint); None: untraced workers.",
     )

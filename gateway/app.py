@@ -28,14 +28,17 @@ from gateway.openai.chat_completions import attach_router as attach_chat_complet
 from gateway.openai.completions import attach_router as attach_completions
 from gateway.openai.embeddings import attach_router as attach_embeddings
 from gateway.openai.models import attach_router as attach_models
+from gateway.recent_errors import RecentErrors
 from gateway.routing import Scheduler, SignalScraper, load_profiles
 from gateway.settings import GatewaySettings
+from gateway.tracing import RequestTracer, build_tracer
 from gateway.upstream import UpstreamPool
 from gateway.v2 import attach_router as attach_v2
 from gateway.v2 import start_grpc
 from llmserve.endpoints import EndpointReader
 
 if TYPE_CHECKING:
+    from gateway.ui import StatusSource
     from gateway.v2.grpc_proxy import GrpcProxy
 
 AppExtension = Callable[[FastAPI], None]
@@ -55,6 +58,8 @@ class Gateway:
     pool: UpstreamPool
     grpc: GrpcProxy | None = field(default=None)  # set while serving, when settings.grpc_port is set
     graphs: GraphRoutes | None = field(default=None)  # the InferenceGraphs it serves
+    tracer: RequestTracer | None = field(default=None)
+    errors: RecentErrors | None = field(default=None)  # the last 5xx answers (the status page shows them)
 
 
 def build_gateway(
@@ -69,12 +74,18 @@ def build_gateway(
     collectors: tuple[Collector, ...] = (),
     extensions: tuple[AppExtension, ...] = (),
     graphs: GraphSource | None = None,
+    tracer: RequestTracer | None = None,
+    controller_status: StatusSource | None = None,
 ) -> Gateway:
     """The gateway. `on_eject` hears about replicas this gateway takes out of rotation (the CLI tells the
     controller); `readiness` says why /ready must fail (the controller's first snapshot has not come); `collectors`
     add metrics to /metrics; `extensions` may add routes; `graphs` is where it learns InferenceGraphs (the
-    controller's watch; default: none)."""
+    controller's watch; default: none). `tracer`: spans go there (default: built from settings.tracing; off unless
+    it names an endpoint). `controller_status`: the controller's status (GET /control/v1/status); with it, the
+    status page is served at /ui."""
     metrics = metrics or GatewayMetrics()
+    tracer = tracer if tracer is not None else build_tracer(settings.tracing)
+    recent_errors = RecentErrors()
     ledger = scheduler.ledger if scheduler is not None else (ledger or LoadLedger())
     pool = UpstreamPool(
         connect_timeout=settings.upstream_connect_timeout,
@@ -97,8 +108,11 @@ def build_gateway(
         ledger,
         metrics,
     )
-    dispatcher = Dispatcher(DispatchDeps(view, scheduler, ledger, pool, activator, ejector, metrics, settings))
+    dispatcher = Dispatcher(
+        DispatchDeps(view, scheduler, ledger, pool, activator, ejector, metrics, settings, tracer, recent_errors)
+    )
     metrics.registry.register(LedgerCollector(ledger, view))
+    metrics.declare(lambda: [info.name for info in view.services()])
     for collector in collectors:
         metrics.registry.register(collector)
 
@@ -115,6 +129,7 @@ def build_gateway(
             await gateway.grpc.stop()
         await scraper.stop()
         await pool.close()
+        tracer.close()  # exports what is still buffered
 
     app = GatewayApp(
         title="llmserve gateway",
@@ -129,9 +144,16 @@ def build_gateway(
     attach_models(app, view, graph_routes.exposed_models)
     attach_v2(app, dispatcher)
     attach_health(app, view, metrics, readiness)
+    if controller_status is not None:
+        from gateway.ui import status_page
+        from gateway.ui.source import GatewayStatus
+
+        page = status_page(GatewayStatus(controller_status, ledger, activator, recent_errors, view))
+        app.add_fast_prefix(page.settings.prefix, page)
     for extend in extensions:
         extend(app)
-    gateway = Gateway(app, ledger, scheduler, activator, ejector, view, metrics, pool, graphs=graph_routes)
+    gateway = Gateway(app, ledger, scheduler, activator, ejector, view, metrics, pool, graphs=graph_routes,
+                      tracer=tracer, errors=recent_errors)  # fmt: skip
     return gateway
 
 

@@ -7,7 +7,8 @@ import hmac
 from gateway.asgi import ASGIApp, Receive, Scope, Send, header, send_error
 from llmserve.protocol.errors import ServingError
 
-PUBLIC_PATHS = frozenset({"/health", "/ready"})
+# /ui and /ui/ are the status page itself, which holds no data (its status and events stay behind the keys).
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/ui", "/ui/"})
 
 
 class BearerKeys:

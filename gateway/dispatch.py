@@ -20,16 +20,18 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.activator import Activator, KeepAlive
 from gateway.asgi import ClientDisconnected, Receive, Scope, Send, header
 from gateway.ejection import Ejector
 from gateway.ledger import Dispatched, LoadLedger
 from gateway.metrics import GatewayMetrics
+from gateway.recent_errors import RecentErrors
 from gateway.routing import RouteContext, Scheduler
 from gateway.settings import GatewaySettings
 from gateway.streaming import DisconnectWatch
+from gateway.tracing import NO_REQUEST_SPAN, NO_TRACING, RequestSpan, RequestTracer
 from gateway.upstream import Headers, UpstreamError, UpstreamPool, UpstreamResponse
 from llmserve.endpoints import Endpoint, EndpointReader
 from llmserve.protocol.errors import ServingError
@@ -66,6 +68,8 @@ class DispatchDeps:
     ejector: Ejector
     metrics: GatewayMetrics
     settings: GatewaySettings
+    tracer: RequestTracer = NO_TRACING
+    errors: RecentErrors = field(default_factory=RecentErrors)  # the last 5xx answers, for the status page
 
 
 @dataclass(slots=True)
@@ -89,40 +93,68 @@ class Dispatcher:
         self.ejector = deps.ejector
         self.header_timeout = deps.settings.upstream_header_timeout
         self.retry_after_s = deps.settings.retry_after_seconds
+        self.tracer = deps.tracer
+        self.metrics = deps.metrics
 
-    async def ready(self, ctx: RouteContext, held_tokens: int, keepalive: KeepAlive | None) -> Sequence[Endpoint]:
+    def exchange(self, scope: Scope, receive: Receive, send: Send, route: str | None) -> Exchange:
+        """The Exchange of one request on `route` (a metrics route label), traced when tracing is on (route None:
+        a path that names no route, answered at once, untraced)."""
+        span = self.tracer.request(route, scope["headers"]) if route is not None else NO_REQUEST_SPAN
+        return Exchange(scope, receive, send, span=span, errors=self.deps.errors)
+
+    async def ready(
+        self,
+        ctx: RouteContext,
+        held_tokens: int,
+        keepalive: KeepAlive | None,
+        span: RequestSpan = NO_REQUEST_SPAN,
+    ) -> Sequence[Endpoint]:
         """The service's ready replicas; with none, the request waits in the activator (503 on its deadline)."""
         service = ctx.service.name
         endpoints: Sequence[Endpoint] = self.endpoints.ready_endpoints(service)
         if endpoints:
             return endpoints
-        endpoints = await self.activator.wait_for_replica(service, held_tokens, keepalive)
+        with span.held():
+            endpoints = await self.activator.wait_for_replica(service, held_tokens, keepalive)
         if not endpoints:
             raise ServingError.no_ready_replica(service, self.retry_after_s)
         return endpoints
 
     async def send(
-        self, ctx: RouteContext, outbound: Outbound, *, held_tokens: int = 0, keepalive: KeepAlive | None = None
+        self,
+        ctx: RouteContext,
+        outbound: Outbound,
+        *,
+        held_tokens: int = 0,
+        keepalive: KeepAlive | None = None,
+        span: RequestSpan = NO_REQUEST_SPAN,
     ) -> tuple[UpstreamResponse, Dispatched]:
         """Dispatch `outbound` to a replica of `ctx.service`: the worker's response (headers read) and the ledger's
-        record of the request (the caller releases it when the response has ended)."""
+        record of the request (the caller releases it when the response has ended). `span` (the request's trace)
+        gets the activator wait, the routing decision and one upstream call per attempt, each attempt's request
+        carrying its W3C traceparent."""
         tried: set[tuple[str, str]] = set()
         while True:
-            ready = await self.ready(ctx, held_tokens, keepalive)
+            ready = await self.ready(ctx, held_tokens, keepalive, span)
             endpoints = [e for e in ready if (e.replica_id, e.url) not in tried] or ready
-            dispatched = await self.scheduler.assign(ctx, endpoints)
-            endpoint = dispatched.endpoint
+            with span.routing():
+                dispatched = await self.scheduler.assign(ctx, endpoints)
+                endpoint = dispatched.endpoint
+                observe_decision(ctx, endpoint, self.metrics, span)
+            call = span.upstream(endpoint.replica_id, endpoint.url, len(tried) + 1)
             try:
                 response = await self.pool.request(
                     endpoint.url,
                     outbound.method,
                     outbound.path,
-                    outbound.headers,
+                    call.inject(outbound.headers),
                     outbound.body,
                     header_timeout=self.header_timeout,
                 )
+                call.answered(response.status)
                 return response, dispatched
             except UpstreamError as exc:
+                call.end(error=str(exc))
                 dispatched.release()
                 if not exc.retryable:  # the request may have reached the worker: never send it twice
                     raise ServingError.upstream_failure(str(exc)) from None
@@ -131,7 +163,8 @@ class Dispatcher:
                 tried.add((endpoint.replica_id, endpoint.url))
                 log.info("replica %s unreachable (%s): ejected, request sent elsewhere", endpoint.replica_id, exc)
                 self.ejector.eject(endpoint, f"unreachable: {exc}")
-            except BaseException:
+            except BaseException as exc:
+                call.end(error=type(exc).__name__)
                 dispatched.release()
                 raise
 
@@ -149,6 +182,21 @@ class Dispatcher:
         )
 
 
+def observe_decision(ctx: RouteContext, endpoint: Endpoint, metrics: GatewayMetrics, span: RequestSpan) -> None:
+    """The scheduler's decision (ctx.decision) into the routing metrics and the request's span."""
+    decision = ctx.decision
+    if decision is None:
+        return
+    metrics.count_decision(ctx.service.name, decision)
+    span.routed(
+        replica=endpoint.replica_id,
+        revision=endpoint.revision or None,
+        profile=decision.profile,
+        scorer=decision.scorer,
+        prefix_hit=decision.prefix_hit,
+    )
+
+
 ErrorSender = Callable[[ServingError], Awaitable[None]]
 
 
@@ -158,12 +206,22 @@ class Exchange:
     `run(handle, send_error)` runs the protocol's handler and turns every way it can end into the right
     response and status: a ServingError is sent with `send_error` (the protocol's envelope, or an error frame once
     a stream started), a client that disconnects ends as 499 with its upstream aborted, anything else is a logged
-    500. `status`, `model` and `service` are what metrics record afterwards.
+    500. `status`, `model`, `service` and `revision` are what metrics record afterwards; when it ends, the request's
+    `span` is finished and a 5xx goes to `errors` (the status page's recent errors).
     """
 
-    __slots__ = ("model", "receive", "request_id", "scope", "send", "started", "status", "watch")
+    __slots__ = ("error", "errors", "model", "receive", "request_id", "revision", "scope", "send", "service",
+                 "span", "started", "status", "watch")  # fmt: skip
 
-    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        span: RequestSpan = NO_REQUEST_SPAN,
+        errors: RecentErrors | None = None,
+    ) -> None:
         self.scope = scope
         self.receive = receive
         self.send = send
@@ -172,6 +230,11 @@ class Exchange:
         self.watch = DisconnectWatch(receive)
         self.status = 500
         self.model = UNKNOWN_MODEL
+        self.service = ""  # the service that answered (empty until the model resolved to one)
+        self.revision = ""  # the revision of the replica it was dispatched to
+        self.error: str | None = None  # the gateway's own error message, when it answered one
+        self.span = span
+        self.errors = errors
 
     @property
     def echo(self) -> list[tuple[bytes, bytes]]:
@@ -183,6 +246,7 @@ class Exchange:
             self.status = await handle()
         except ServingError as err:
             self.status = err.status
+            self.error = err.message
             await send_error(err)
         except ClientDisconnected:
             self.status = CLIENT_CLOSED
@@ -193,13 +257,21 @@ class Exchange:
             if task is not None:
                 task.uncancel()
             self.status = CLIENT_CLOSED
-        except Exception:
+        except Exception as exc:
             log.exception("unhandled error on %s %s", self.scope["method"], self.scope["path"])
             self.status = 500
+            self.error = f"Internal error in the gateway: {type(exc).__name__}"
             with contextlib.suppress(Exception):  # fails if the response had started: nothing more to say then
                 await send_error(ServingError(500, "Internal error in the gateway."))
         finally:
             self.watch.stop()
+            self._ended()
+
+    def _ended(self) -> None:
+        self.span.finish(self.status, self.error)
+        if self.status >= 500 and self.errors is not None:
+            message = self.error or f"The worker answered HTTP {self.status}."
+            self.errors.add(self.service or self.model, self.status, message)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

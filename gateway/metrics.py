@@ -7,7 +7,7 @@ Prometheus families when /metrics is scraped. The gateway is one event-loop thre
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
@@ -15,11 +15,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from gateway.ledger import LoadLedger
+from gateway.routing.decision import Decision
 from llmserve.endpoints import EndpointReader
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 HELD_BUCKETS = (0.01, 0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -48,16 +50,27 @@ class _Histogram:
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        self._requests: dict[tuple[str, str, str], int] = {}
+        self._requests: dict[tuple[str, str, str, str, str], int] = {}
         self._latency: dict[tuple[str, str], _Histogram] = {}
         self._ttft: dict[tuple[str, str], _Histogram] = {}
+        self._itl: dict[tuple[str, str], _Histogram] = {}
         self._tokens: dict[tuple[str, str], int] = {}
         self._held_time: dict[tuple[str, str], _Histogram] = {}
+        self._decisions: dict[tuple[str, str, str], int] = {}
+        self._routed_tokens: dict[str, list[int]] = {}  # service -> [prompt tokens, prefix-hit tokens]
+        self._declared: Callable[[], Iterable[str]] = tuple
         self.registry.register(_Collector(self))
 
+    def declare(self, services: Callable[[], Iterable[str]]) -> None:
+        """Where the declared services' names come from: their activator series exist at 0 from the start (a
+        series that first appears at 1 is no increase to Prometheus)."""
+        self._declared = services
+
     # -- hot path -------------------------------------------------------------------------------------------------
-    def observe(self, model: str, route: str, status: int, seconds: float) -> None:
-        key = (model, route, str(status))
+    def observe(
+        self, model: str, route: str, status: int, seconds: float, service: str = "", revision: str = ""
+    ) -> None:
+        key = (model, route, str(status), service, revision)
         self._requests[key] = self._requests.get(key, 0) + 1
         histogram = self._latency.get((model, route))
         if histogram is None:
@@ -69,6 +82,23 @@ class GatewayMetrics:
         if histogram is None:
             histogram = self._ttft[(model, route)] = _Histogram(TTFT_BUCKETS)
         histogram.observe(seconds)
+
+    def inter_token(self, model: str, route: str) -> Callable[[float], None]:
+        """What a stream's relay calls with each gap between two chunks it relayed."""
+        histogram = self._itl.get((model, route))
+        if histogram is None:
+            histogram = self._itl[(model, route)] = _Histogram(ITL_BUCKETS)
+        return histogram.observe
+
+    def count_decision(self, service: str, decision: Decision) -> None:
+        key = (service, decision.profile, decision.scorer)
+        self._decisions[key] = self._decisions.get(key, 0) + 1
+        if decision.prompt_tokens is not None:
+            counts = self._routed_tokens.get(service)
+            if counts is None:
+                counts = self._routed_tokens[service] = [0, 0]
+            counts[0] += decision.prompt_tokens
+            counts[1] += decision.prefix_hit_tokens or 0
 
     def observe_held(self, service: str, seconds: float) -> None:
         histogram = self._held_time.get((service, ""))
@@ -87,8 +117,9 @@ class GatewayMetrics:
     def families(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
             "llmserve_requests",
-            "Requests answered by the gateway, by served model, route and HTTP status.",
-            labels=["model", "route", "status"],
+            "Requests answered by the gateway, by served model, route and HTTP status, and the service and "
+            "revision that answered (empty when none was reached).",
+            labels=["model", "route", "status", "service", "revision"],
         )
         for labels, count in list(self._requests.items()):
             requests.add_metric(list(labels), count)
@@ -103,6 +134,11 @@ class GatewayMetrics:
             "Time from request to the first streamed chunk relayed to the client.",
             self._ttft,
         )
+        yield self._histograms(
+            "llmserve_inter_token_latency_seconds",
+            "Gaps between two chunks of a stream as the gateway relayed them (vLLM sends about one token per chunk).",
+            self._itl,
+        )
         tokens = CounterMetricFamily(
             "llmserve_tokens",
             "Tokens by kind: prompt and completion from the worker's usage; completion_estimated counts stream "
@@ -115,9 +151,37 @@ class GatewayMetrics:
         held_time = HistogramMetricFamily(
             "llmserve_activator_held_seconds", "How long requests waited in the activator.", labels=["service"]
         )
-        for (service, _), histogram in list(self._held_time.items()):
+        held = dict(self._held_time)
+        for service in self._declared():
+            if (service, "") not in held:
+                held[(service, "")] = _Histogram(HELD_BUCKETS)
+        for (service, _), histogram in held.items():
             held_time.add_metric([service], histogram.buckets(), histogram.total)
         yield held_time
+        decisions = CounterMetricFamily(
+            "llmserve_routing_decisions",
+            "Routing decisions by service, profile and the scorer that won them (only-replica: one candidate; tie: "
+            "no scorer set the chosen replica apart; fallback: the profile failed; a picker's name: no scorers).",
+            labels=["service", "profile", "scorer"],
+        )
+        for decided, count in list(self._decisions.items()):
+            decisions.add_metric(list(decided), count)
+        yield decisions
+        prompt = CounterMetricFamily(
+            "llmserve_routing_prompt_tokens",
+            "Prompt tokens of the requests routing tokenized (those with a choice of replicas).",
+            labels=["service"],
+        )
+        hits = CounterMetricFamily(
+            "llmserve_routing_prefix_hit_tokens",
+            "Of llmserve_routing_prompt_tokens, those the chosen replica was estimated to hold in its prefix cache.",
+            labels=["service"],
+        )
+        for service, (prompt_tokens, hit_tokens) in list(self._routed_tokens.items()):
+            prompt.add_metric([service], prompt_tokens)
+            hits.add_metric([service], hit_tokens)
+        yield prompt
+        yield hits
 
     @staticmethod
     def _histograms(name: str, documentation: str, series: dict[tuple[str, str], _Histogram]) -> Metric:
@@ -146,14 +210,21 @@ class LedgerCollector:
             "Requests the activator holds because their service has no ready replica.",
             labels=["service"],
         )
-        models = {info.name: info.model_name for info in self._endpoints.services()}
-        for service, load in list(self._ledger.services().items()):
-            model = models.get(service)
-            if model is not None:
-                in_flight.add_metric([model], load.in_flight)
-                held.add_metric([service], load.held)
+        per_replica = GaugeMetricFamily(
+            "llmserve_replica_in_flight",
+            "Requests this gateway has in flight on each replica (its load ledger), by service and replica id.",
+            labels=["service", "replica"],
+        )
+        loads = self._ledger.services()
+        for info in self._endpoints.services():  # every declared service, at 0 until it has traffic
+            load = loads.get(info.name)
+            in_flight.add_metric([info.model_name], load.in_flight if load is not None else 0)
+            held.add_metric([info.name], load.held if load is not None else 0)
+        for replica, endpoint_load in list(self._ledger.loads.items()):
+            per_replica.add_metric([endpoint_load.endpoint.service, replica], endpoint_load.in_flight)
         yield in_flight
         yield held
+        yield per_replica
 
 
 class _Collector:

@@ -58,6 +58,7 @@ class DataPlane:
             readiness=self._readiness,
             collectors=collectors,
             graphs=self.watch,
+            controller_status=self.client.status,  # the status page at /ui
         )
         self.server: ManagedServer | None = None
         self.port = settings.port

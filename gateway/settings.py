@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from gateway.tracing import TracingSettings
+
 
 class GatewaySettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -61,6 +63,12 @@ class GatewaySettings(BaseModel):
         description="How long a replica that could not be reached (or whose engine died) is left out of rotation on "
         "this gateway; doubled each time it happens again, at most 60 s. A restarted replica (a new address) is used "
         "at once.",
+    )
+
+    tracing: TracingSettings = Field(
+        default_factory=TracingSettings,
+        description="OpenTelemetry tracing of requests (off unless it names an OTLP endpoint); built in main() from "
+        "--otlp-endpoint or the standard OTEL_* variables (TracingSettings.from_environment).",
     )
 
     @property

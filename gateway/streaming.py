@@ -84,13 +84,18 @@ class Reply:
 
 
 async def relay(
-    response: UpstreamResponse, reply: Reply, on_first_chunk: Callable[[], None] | None = None
+    response: UpstreamResponse,
+    reply: Reply,
+    on_first_chunk: Callable[[], None] | None = None,
+    on_gap: Callable[[float], None] | None = None,
 ) -> RelayStats:
-    """Send `response` to the client; the caller has already dealt with error statuses it wants to rewrite."""
+    """Send `response` to the client; the caller has already dealt with error statuses it wants to rewrite.
+    A stream calls `on_first_chunk` with its first chunk and `on_gap(seconds)` with the time between each two
+    chunks it relayed (inter-token latency: vLLM sends about one token per chunk)."""
     content_type = response.header(b"content-type") or b"application/json"
     streamed = response.header(b"content-length") is None and content_type.startswith(_EVENT_STREAM)
     if streamed:
-        return await _relay_stream(response, reply, content_type, on_first_chunk)
+        return await _relay_stream(response, reply, content_type, on_first_chunk, on_gap)
     if reply.started:  # committed to SSE, but the worker answered with a whole body: pass it on as one frame
         body = await _read(response)
         await reply.send({"type": "http.response.body", "body": b"data: " + body + b"\n\ndata: [DONE]\n\n"})
@@ -127,7 +132,11 @@ async def _relay_whole(response: UpstreamResponse, reply: Reply, content_type: b
 
 
 async def _relay_stream(
-    response: UpstreamResponse, reply: Reply, content_type: bytes, on_first_chunk: Callable[[], None] | None
+    response: UpstreamResponse,
+    reply: Reply,
+    content_type: bytes,
+    on_first_chunk: Callable[[], None] | None,
+    on_gap: Callable[[float], None] | None = None,
 ) -> RelayStats:
     stats = RelayStats(status=response.status)
     send = reply.send
@@ -140,12 +149,17 @@ async def _relay_stream(
                 "headers": [(b"content-type", content_type), *_STREAM_HEADERS, *reply.headers],
             }
         )
+    last = 0.0
     try:
         while (chunk := await response.next_chunk()) is not None:
             if stats.first_chunk_at is None:
-                stats.first_chunk_at = time.perf_counter()
+                stats.first_chunk_at = last = time.perf_counter()
                 if on_first_chunk is not None:
                     on_first_chunk()
+            elif on_gap is not None:
+                now = time.perf_counter()
+                on_gap(now - last)
+                last = now
             stats.frames += chunk.count(b"data: ")
             if b'"prompt_tokens"' in chunk:
                 find_usage(chunk, stats)

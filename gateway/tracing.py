@@ -15,12 +15,14 @@ What the dispatch path calls, per request (every call also exists on the no-op o
         ...
         span.routed(replica="smollm2-0", revision="r2", profile="token-aware", scorer="prefix-cache",
                     prefix_hit=0.83)
-    with span.upstream("smollm2-0", url) as call:                   # child: upstream (CLIENT), one per attempt
-        headers = call.inject(headers)                              # + traceparent: vLLM's span joins the trace
-        ...
+    call = span.upstream("smollm2-0", url, attempt=1)               # child: upstream (CLIENT), one per attempt
+    headers = call.inject(headers)                                  # + traceparent: vLLM's span joins the trace
+    call.answered(200)                                              # the worker's status (headers read)
+    ...                                                             # a failed attempt: call.end(error="...")
     span.first_token()                                              # TTFT (an event, not a span per chunk)
     span.usage(prompt_tokens=812, completion_tokens=64)
-    span.finish(200)                                                # or finish(502, "worker unreachable")
+    span.finish(200)                                                # or finish(502, "worker unreachable");
+                                                                    # also ends the last upstream call if open
 
 Graph steps are `span.step(name, kind)` children, with their own `upstream()` / `step()` children. No span is
 ever made per SSE chunk. Attribute names follow OpenTelemetry's GenAI and HTTP conventions where they have one
@@ -64,6 +66,7 @@ INPUT_TOKENS = "gen_ai.usage.input_tokens"
 OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
 STATUS = "http.response.status_code"
 ERROR_TYPE = "error.type"
+ERROR_MESSAGE = "llmserve.error.message"
 ATTEMPT = "llmserve.upstream.attempt"
 SERVER_ADDRESS = "server.address"
 URL = "url.full"
@@ -144,6 +147,9 @@ class Span:
     def inject(self, headers: Headers) -> Headers:
         """`headers` with this span's W3C `traceparent` (and `tracestate`) added."""
         return headers
+
+    def answered(self, status: int) -> None:
+        """The other side answered with `status` (the span goes on: a stream is still being read)."""
 
     def end(self, status: int | None = None, error: str | None = None) -> None:
         return None
@@ -306,6 +312,14 @@ class _OtelSpan(Span):
         return self._child("upstream", {REPLICA: replica, URL: url, SERVER_ADDRESS: host, ATTEMPT: attempt},
                            client=True)  # fmt: skip
 
+    def answered(self, status: int) -> None:
+        from opentelemetry.trace import Status, StatusCode
+
+        self._span.set_attribute(STATUS, status)
+        if status >= 500:
+            self._span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
+            self._span.set_attribute(ERROR_TYPE, str(status))
+
     def inject(self, headers: Headers) -> Headers:
         from opentelemetry.trace import set_span_in_context
 
@@ -321,10 +335,12 @@ class _OtelSpan(Span):
 
         if status is not None:
             self._span.set_attribute(STATUS, status)
-        if error is not None or (status is not None and status >= 500):
+        if (error is not None and status is None) or (status is not None and status >= 500):
             message = error or f"HTTP {status}"
             self._span.set_status(Status(StatusCode.ERROR, message))
             self._span.set_attribute(ERROR_TYPE, str(status) if status is not None else "error")
+        elif error is not None:  # a 4xx: the client's mistake, not the span's error (OpenTelemetry's HTTP rule)
+            self._span.set_attribute(ERROR_MESSAGE, error)
         self._span.end()
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -335,12 +351,18 @@ class _OtelSpan(Span):
 
 
 class _OtelRequestSpan(_OtelSpan, RequestSpan):
-    __slots__ = ("_routing", "_started")
+    __slots__ = ("_routing", "_started", "_upstream")
 
     def __init__(self, tracer: _OtelTracer, span: OtelSpan) -> None:
         super().__init__(tracer, span)
         self._started = time.perf_counter()
         self._routing: _OtelSpan | None = None
+        self._upstream: _OtelSpan | None = None
+
+    def upstream(self, replica: str, url: str, attempt: int = 1) -> Span:
+        call = super().upstream(replica, url, attempt)
+        self._upstream = call if isinstance(call, _OtelSpan) else None
+        return call
 
     def resolved(self, *, model: str, service: str, tenant: str | None = None, stream: bool = False) -> None:
         attributes: dict[str, Any] = {MODEL: model, SERVICE: service, STREAM: stream}
@@ -383,6 +405,8 @@ class _OtelRequestSpan(_OtelSpan, RequestSpan):
             self._span.set_attribute(OUTPUT_TOKENS, completion_tokens)
 
     def finish(self, status: int, error: str | None = None) -> None:
+        if self._upstream is not None:  # the response has been relayed: the last upstream call ends with it
+            self._upstream.end()
         self.end(status, error)
 
 

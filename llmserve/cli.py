@@ -1,4 +1,4 @@
-"""`llmserve`: up, controller, gateway, apply, delete, get, status, pull, validate.
+"""`llmserve`: up, controller, gateway, apply, delete, get, status, logs, pull, validate.
 
 Settings are parsed here, in main(), and passed down; nothing reads configuration at import time. This is the one
 module that composes the control plane (controller/) and the data plane (gateway/).
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from controller.run import ControlPlane
     from gateway.run import DataPlane
     from gateway.settings import GatewaySettings
+    from gateway.tracing import TracingSettings
+    from llmserve.workers.tracing import WorkerTracing
 
 log = logging.getLogger("llmserve")
 
@@ -82,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ct.add_argument("--host", default="127.0.0.1", help="control API address (non-loopback needs --token)")
     _controller_arguments(ct, default_port=DEFAULT_CONTROL_PORT, port_flag="--port")
+    _tracing_argument(ct, "vLLM replicas export their own spans to this OTLP collector (--otlp-traces-endpoint)")
     ct.add_argument(
         "--keep-workers",
         action="store_true",
@@ -122,7 +125,24 @@ def _parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="services, replicas, the autoscaler's decisions, gateways, the warm pool")
     _client_arguments(st)
+    st.add_argument(
+        "--gateway",
+        default=os.environ.get("LLMSERVE_GATEWAY"),
+        metavar="URL",
+        help="read the status through this gateway (its /ui/status: the controller's, with the gateway's load per "
+        "replica, activator queue and recent errors); also $LLMSERVE_GATEWAY",
+    )
+    st.add_argument("--api-key", default=None, help="the gateway's bearer key (default: $LLMSERVE_API_KEYS' first)")
+    st.add_argument("-o", "--output", choices=("table", "json"), default="table")
     st.set_defaults(handler=_cmd_status)
+
+    lg = sub.add_parser("logs", help="a replica's log (NAME: a replica, or a service: all its replicas)")
+    lg.add_argument("name")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C stops)")
+    lg.add_argument("-n", "--lines", type=int, default=100, help="lines from the end to print first")
+    lg.add_argument("--log-dir", type=Path, default=Path(".llmserve/logs"), help="where the replicas log")
+    _client_arguments(lg)
+    lg.set_defaults(handler=_cmd_logs)
 
     pl = sub.add_parser("pull", help="fetch and prepare models into the cache")
     pl.add_argument("source", help="an InferenceService YAML file, or a storage URI")
@@ -153,6 +173,17 @@ def _gateway_arguments(parser: argparse.ArgumentParser) -> None:
         "--routing-profiles", type=Path, default=None, help="directory of RoutingProfile YAML files (configs/routing)"
     )
     parser.add_argument("--default-routing-profile", default="token-aware", help="for services that name none")
+    _tracing_argument(parser, "OTLP collector for the gateway's request spans (vLLM replicas started by `up` too)")
+
+
+def _tracing_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--otlp-endpoint",
+        default=None,
+        metavar="URL",
+        help=f"{what}, e.g. http://127.0.0.1:4317 (gRPC) or http://127.0.0.1:4318/v1/traces with "
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf; default: the standard OTEL_* variables, else off",
+    )
 
 
 def _controller_arguments(parser: argparse.ArgumentParser, *, default_port: int, port_flag: str) -> None:
@@ -387,20 +418,70 @@ def _print_graph(graph: dict[str, Any]) -> None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    body = _call(args, lambda client: client.status())
+    from llmserve.status_table import render_status
+
+    body = _gateway_status(args) if args.gateway else _call(args, lambda client: client.status())
     if body is None:
         return 1
-    pool = (body.get("backend") or {}).get("warm_pool")
-    if pool is not None:
-        states = [p["state"] for p in pool["processes"]]
-        summary = ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states)) or "empty"
-        print(f"warm pool: size {pool['size']} ({summary})")
+    if args.output == "json":
+        print(json.dumps(body, indent=2, sort_keys=True))
+        return 0
+    print(render_status(body), end="")
     gateways = body.get("gateways", [])
-    print(f"gateways reporting: {len(gateways)}" + (f" ({', '.join(g['id'] for g in gateways)})" if gateways else ""))
-    for service in body.get("services", []):
-        _print_service(service)
+    print(f"\ngateways reporting: {len(gateways)}" + (f" ({', '.join(g['id'] for g in gateways)})" if gateways
+                                                      else ""))  # fmt: skip
     for graph in body.get("graphs", []):
         _print_graph(graph)
+    return 0
+
+
+def _gateway_status(args: argparse.Namespace) -> dict[str, Any] | None:
+    """GET /ui/status of the gateway at --gateway."""
+    import httpx
+
+    keys = [k.strip() for k in os.environ.get("LLMSERVE_API_KEYS", "").split(",") if k.strip()]
+    key = args.api_key or (keys[0] if keys else None)
+    url = args.gateway.rstrip("/") + "/ui/status"
+    try:
+        response = httpx.get(url, headers={"authorization": f"Bearer {key}"} if key else {}, timeout=10)
+    except httpx.HTTPError as exc:
+        print(f"error: cannot reach the gateway at {args.gateway}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+    if response.status_code != 200:
+        print(f"error: {url}: HTTP {response.status_code}: {response.text[:300]}", file=sys.stderr)
+        return None
+    return dict(response.json())
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    from llmserve.control import ControlAPIError, ControlClient
+    from llmserve.replica_logs import LogNotFound, find_logs, follow, tail
+
+    async def status() -> dict[str, Any] | None:
+        client = ControlClient(args.controller, _client_token(args.token, args.state_dir), timeout_s=3)
+        try:
+            return await client.status()
+        except ControlAPIError:
+            return None  # the controller is down: the log dir's files, by name
+        finally:
+            await client.close()
+
+    try:
+        logs = find_logs(args.log_dir, args.name, asyncio.run(status()))
+    except LogNotFound as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for log_file in logs:
+        if len(logs) > 1:
+            print(f"==> {log_file.replica} ({log_file.path}) <==")
+        for line in tail(log_file.path, args.lines):
+            print(line)
+    if args.follow:
+        try:
+            for line in follow(logs):
+                print(line, flush=True)
+        except KeyboardInterrupt:
+            pass
     return 0
 
 
@@ -434,6 +515,7 @@ def _gateway_settings(args: argparse.Namespace) -> GatewaySettings:
     keys = [k for k in args.api_key if k]
     keys += [k.strip() for k in os.environ.get("LLMSERVE_API_KEYS", "").split(",") if k.strip()]
     return GatewaySettings(
+        tracing=_tracing_settings(args),
         host=args.host,
         port=args.port,
         grpc_port=args.grpc_port,
@@ -443,6 +525,25 @@ def _gateway_settings(args: argparse.Namespace) -> GatewaySettings:
         routing_profiles_dir=str(args.routing_profiles) if args.routing_profiles else None,
         default_routing_profile=args.default_routing_profile,
     )
+
+
+def _tracing_settings(args: argparse.Namespace) -> TracingSettings:
+    from gateway.tracing import TracingSettings
+
+    try:
+        return TracingSettings.from_environment(os.environ, otlp_endpoint=args.otlp_endpoint)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _worker_tracing(args: argparse.Namespace) -> WorkerTracing | None:
+    """Where vLLM replicas export their spans: the gateway's OTLP collector, when tracing is on."""
+    from llmserve.workers.tracing import WorkerTracing
+
+    tracing = _tracing_settings(args)
+    if tracing.otlp_endpoint is None:
+        return None
+    return WorkerTracing(endpoint=tracing.otlp_endpoint, protocol=tracing.protocol, insecure=tracing.insecure)
 
 
 def _control_plane(
@@ -471,6 +572,7 @@ def _control_plane(
         warm_pool_size=args.warm_pool,
         gateway_url=gateway_url,
         gateway_api_key=SecretStr(gateway_key) if gateway_key else None,
+        worker_tracing=_worker_tracing(args),
     )
     backend: Backend
     if args.backend == "ray":
@@ -616,7 +718,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         try:
             await gateway.start()
             announcer = asyncio.ensure_future(
-                _announce(services, settings, gateway, args.log_dir, control.url, declared.graphs)
+                _announce(services, settings, gateway, args.log_dir, control, declared.graphs)
             )
             stopped = asyncio.ensure_future(gateway.serve_until_stopped())
             signalled = asyncio.ensure_future(_until_signalled())
@@ -647,13 +749,21 @@ async def _announce(
     settings: Any,
     gateway: DataPlane,
     log_dir: Path,
-    control_url: str,
+    control: ControlPlane,
     graphs: Sequence[InferenceGraph] = (),
 ) -> None:
-    """Say where the gateway is, and how to call each service once it has a ready replica."""
+    """Say where the gateway is, how the long steps go (pulls, replica starts, the warm pool), and how to call each
+    service once it has a ready replica (a call that fits its protocol)."""
+    import time
+
+    import httpx
+
+    from llmserve.progress import StartupProgress
+    from llmserve.ready_hint import fetch_metadata, ready_hint
+
     base = f"http://{settings.host}:{gateway.port}"
-    log.info("gateway on %s, control API on %s; replica logs in %s; Ctrl-C stops everything", base, control_url,
-             log_dir)  # fmt: skip
+    log.info("gateway on %s, control API on %s; replica logs in %s; status page %s/ui/; Ctrl-C stops everything",
+             base, control.url, log_dir, base)  # fmt: skip
     for graph in graphs:
         exposed = f"; as the OpenAI model '{graph.spec.expose_as.model}'" if graph.spec.expose_as else ""
         log.info("graph '%s': POST %s/v1/graphs/%s%s", graph.name, base, graph.name, exposed)
@@ -661,23 +771,21 @@ async def _announce(
         if service.spec.predictor.min_replicas == 0:
             log.info("'%s' scales from zero: its first request starts a replica", service.served_model_name)
     pending = {s.name: s for s in services if s.spec.predictor.min_replicas > 0}
-    key_hint = "<your key>" if settings.api_keys else "unused"
+    keys = [key.get_secret_value() for key in settings.api_keys]
+    headers = {"authorization": f"Bearer {keys[0]}"} if keys else {}
     endpoints = gateway.watch
-    while pending:
-        for name in [n for n in pending if endpoints.ready_endpoints(n)]:
-            model = pending.pop(name).served_model_name
-            print(
-                f"\n  '{model}' is ready. Try it:\n"
-                f"    curl -N {base}/v1/chat/completions -H 'content-type: application/json' "
-                + (f"-H 'authorization: Bearer {key_hint}' " if settings.api_keys else "")
-                + f'-d \'{{"model": "{model}", "stream": true, '
-                f'"messages": [{{"role": "user", "content": "What is the capital of France?"}}]}}\'\n'
-                f"    python -c \"from openai import OpenAI; c = OpenAI(base_url='{base}/v1', "
-                f"api_key='{key_hint}'); print(c.chat.completions.create(model='{model}', "
-                f"messages=[{{'role': 'user', 'content': 'Hi!'}}]).choices[0].message.content)\"\n",
-                flush=True,
-            )
-        await asyncio.sleep(0.5)
+    progress = StartupProgress()
+    async with httpx.AsyncClient() as client:
+        while True:
+            status = {"services": control.controller.status(), "backend": control.controller.backend.describe()}
+            for line in progress.lines(status, time.monotonic()):
+                log.info("%s", line)
+            for name in [n for n in pending if endpoints.ready_endpoints(n)]:
+                service = pending.pop(name)
+                model = service.served_model_name
+                metadata = await fetch_metadata(client, base, model, headers) if service.protocol == "v2" else None
+                print(ready_hint(model, service.protocol, base, needs_key=bool(keys), metadata=metadata), flush=True)
+            await asyncio.sleep(0.5)
 
 
 if __name__ == "__main__":

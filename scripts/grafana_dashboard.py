@@ -110,8 +110,8 @@ ROWS: list[tuple[str, list[Panel]]] = [
                     ],
                 ],
                 "s",
-                "Gateway: gaps between relayed stream chunks (llmserve_inter_token_latency_seconds, once the "
-                "gateway exports it). Engine: vLLM's own inter-token latency on the workers.",
+                "Gateway: gaps between relayed stream chunks (llmserve_inter_token_latency_seconds). Engine: "
+                "vLLM's own inter-token latency on the workers.",
             ),
             Panel(
                 "End-to-end latency by model",
@@ -212,8 +212,9 @@ ROWS: list[tuple[str, list[Panel]]] = [
                     ),
                 ],
                 "percentunit",
-                "The router's estimate (llmserve_routing_*_tokens_total, once the gateway exports them) against "
-                "vLLM's own hit counters; a gap means the router's index has drifted from the engines' caches.",
+                "The router's estimate (llmserve_routing_*_tokens_total: the prompts it tokenized, the part it "
+                "assumed cached) against vLLM's own hit counters; a gap means the router's index has drifted from "
+                "the engines' caches.",
             ),
             Panel(
                 "Routing decisions / s by profile and winning scorer",
@@ -224,7 +225,8 @@ ROWS: list[tuple[str, list[Panel]]] = [
                     )
                 ],
                 "ops",
-                "Needs llmserve_routing_decisions_total{service, profile, scorer} from the gateway.",
+                "The scorer that did most to set the chosen replica apart; only-replica: one candidate, tie: "
+                "the picker chose among equals, fallback: the profile failed.",
             ),
             Panel(
                 "Queue per replica (engine)",
@@ -241,7 +243,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
             Panel(
                 "In flight per replica (gateway's ledger)",
                 [Q(f"sum by (service, replica) (llmserve_replica_in_flight{{{S}}})", "{{replica}}")],
-                description="Needs llmserve_replica_in_flight{service, replica} from the gateway.",
+                description="Requests this gateway has open on each replica (llmserve_replica_in_flight).",
             ),
             Panel(
                 "Engine time to first token p99 per replica",
@@ -281,7 +283,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
                     )
                 ],
                 "reqps",
-                "Needs service and revision labels on llmserve_requests_total (canary rollouts).",
+                "Requests answered per revision (canary rollouts): the revision label of llmserve_requests_total.",
             ),
         ],
     ),

@@ -1,7 +1,8 @@
 """The llmserve gateway alone, in front of fixed worker URLs (no controller), for benchmarks.
 
     python benchmarks/gateway_overhead/serve_gateway.py --port 9002 --worker http://127.0.0.1:9000 --model m \
-        [--routing-profile token-aware] [--tokenizer-dir DIR] [--protocol v2 [--grpc-port 9003]] [--upstream aiohttp]
+        [--routing-profile token-aware] [--tokenizer-dir DIR] [--protocol v2 [--grpc-port 9003]] [--upstream aiohttp] \
+        [--otlp-endpoint URL]
 
 `--protocol v2`: the workers are V2 runtimes (`python -m llmserve.runtimes.server`) serving MODEL; the gateway
 routes /v2/models/MODEL/... (and KServe V1 :predict) to them. `--upstream aiohttp`: the gateway's worker client
@@ -12,6 +13,7 @@ built-in ones and configs/routing/*.yaml, every picker seeded from `--seed`.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import uvicorn
@@ -20,6 +22,7 @@ from gateway.app import create_app
 from gateway.ledger import LoadLedger
 from gateway.routing import Scheduler, load_profiles
 from gateway.settings import GatewaySettings
+from gateway.tracing import TracingSettings
 from llmserve.endpoints import Endpoint, EndpointRegistry, ServiceInfo
 
 PROFILES = Path(__file__).resolve().parents[2] / "configs" / "routing"
@@ -37,6 +40,7 @@ def main() -> None:
     parser.add_argument("--worker-grpc", action="append", default=[], help="V2 worker gRPC host:port (repeatable)")
     parser.add_argument("--upstream", choices=["home", "aiohttp"], default="home", help="the client to the workers")
     parser.add_argument("--seed", type=int, default=0, help="the routing profiles' pickers draw from this seed")
+    parser.add_argument("--otlp-endpoint", default=None, help="trace requests to this OTLP collector (else OTEL_*)")
     args = parser.parse_args()
     if args.upstream == "aiohttp":  # the one place the variant is swapped in (create_app builds the pool)
         import gateway.app
@@ -60,7 +64,9 @@ def main() -> None:
     if args.routing_profile not in profiles:
         raise SystemExit(f"unknown routing profile {args.routing_profile!r}; known: {', '.join(sorted(profiles))}")
     scheduler = Scheduler(profiles, LoadLedger(), default_profile=args.routing_profile)
-    app = create_app(GatewaySettings(port=args.port, grpc_port=args.grpc_port), registry, scheduler=scheduler)
+    tracing = TracingSettings.from_environment(os.environ, otlp_endpoint=args.otlp_endpoint)
+    settings = GatewaySettings(port=args.port, grpc_port=args.grpc_port, tracing=tracing)
+    app = create_app(settings, registry, scheduler=scheduler)
     uvicorn.run(
         app, host="127.0.0.1", port=args.port, http="httptools", loop="uvloop", access_log=False, log_level="warning"
     )

@@ -47,7 +47,7 @@ class OpenAIProxy:
         self.session_header = deps.settings.session_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        exchange = Exchange(scope, receive, send)
+        exchange = self.dispatcher.exchange(scope, receive, send, self.route)
         reply = Reply(send, exchange.echo)
         stats: list[RelayStats] = []
 
@@ -63,6 +63,8 @@ class OpenAIProxy:
             if service is None:
                 raise ServingError.model_not_found(request.model)
             exchange.model = service.model_name
+            exchange.service = service.name
+            exchange.span.resolved(model=service.model_name, service=service.name, stream=request.streamed)
             self.ledger.arrived(service.name)
             exchange.watch.start()
             ctx = RouteContext(
@@ -74,6 +76,7 @@ class OpenAIProxy:
             )
             result = await self._forward(ctx, body, exchange, reply)
             stats.append(result)
+            exchange.span.usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
             return result.status
 
         async def fail(err: ServingError) -> None:
@@ -91,11 +94,21 @@ class OpenAIProxy:
         outbound = Outbound(
             b"POST", self.path, [(b"content-type", b"application/json"), (b"x-request-id", exchange.request_id)], body
         )
-        response, dispatched = await self.dispatcher.send(ctx, outbound, held_tokens=held_tokens, keepalive=keepalive)
+        span = exchange.span
+        response, dispatched = await self.dispatcher.send(
+            ctx, outbound, held_tokens=held_tokens, keepalive=keepalive, span=span
+        )
+        exchange.revision = dispatched.endpoint.revision
+
+        def first_chunk() -> None:
+            dispatched.first_token()
+            span.first_token()
+
         try:
             if response.status >= 400:
                 return await self._relay_worker_error(ctx.service, response, dispatched, reply)
-            return await relay(response, reply, on_first_chunk=dispatched.first_token)
+            gaps = self.metrics.inter_token(exchange.model, self.route) if ctx.request.streamed else None
+            return await relay(response, reply, on_first_chunk=first_chunk, on_gap=gaps)
         finally:
             response.abort()  # no-op when the response completed; otherwise the worker stops generating
             dispatched.release()
@@ -136,7 +149,7 @@ class OpenAIProxy:
     def _record(self, exchange: Exchange, stats: RelayStats | None) -> None:
         metrics = self.metrics
         model = exchange.model
-        metrics.observe(model, self.route, exchange.status, exchange.elapsed())
+        metrics.observe(model, self.route, exchange.status, exchange.elapsed(), exchange.service, exchange.revision)
         if stats is None:
             return
         if stats.first_chunk_at is not None:

@@ -10,6 +10,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
+from gateway.routing.decision import Decision
 from gateway.routing.load import EndpointLoad
 from llmserve.endpoints import Endpoint, ServiceInfo
 from llmserve.protocol.openai import OpenAIRequest
@@ -39,6 +40,7 @@ class RouteContext:
     tokens: array[int] | None = None  # the prompt's token ids, when a plugin needs them
     expected_tokens: int = 0  # prompt + expected output: the load this request adds
     scratch: dict[str, object] = field(default_factory=dict)  # per-request values plugins compute once
+    decision: Decision | None = None  # what the scheduler decided, and why (set by Scheduler.assign)
     _hashes: dict[int, list[int]] = field(default_factory=dict)
 
     def block_hashes(self, block_size: int) -> list[int]:
@@ -68,6 +70,7 @@ def uncached_prompt_tokens(ctx: RouteContext, candidate: Candidate, prompt_token
 
 
 class Plugin(Protocol):
+    name: ClassVar[str]
     needs_tokens: ClassVar[bool]
 
 

@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.routing.base import Candidate, Filter, Learner, Picker, RouteContext, Scorer
+from gateway.routing.decision import TIE, winning_scorer
 from gateway.routing.filters import FILTERS
 from gateway.routing.pickers import PICKERS
 from gateway.routing.scorers import SCORERS
@@ -111,18 +112,31 @@ class Profile:
         yield self.picker
 
     def choose(self, ctx: RouteContext, candidates: list[Candidate]) -> Candidate:
+        return self.decide(ctx, candidates)[0]
+
+    def decide(self, ctx: RouteContext, candidates: list[Candidate]) -> tuple[Candidate, str]:
+        """The chosen candidate and what chose it: the winning scorer's name (decision.winning_scorer), TIE, or
+        the picker's name when the profile has no scorers."""
         for candidate_filter in self.filters:
             kept = candidate_filter.filter(ctx, candidates)
             if kept:  # a filter that leaves nothing is ignored: fail open
                 candidates = kept
         totals = [0.0] * len(candidates)
+        scores: list[list[float]] = []
         for scorer, weight in self.scorers:
-            for i, value in enumerate(scorer.score(ctx, candidates)):
+            values = scorer.score(ctx, candidates)
+            scores.append(values)
+            for i, value in enumerate(values):
                 totals[i] += weight * value
         chosen = self.picker.pick(ctx, candidates, totals)
         for learner in self.learners:
             learner.learn(ctx, chosen)
-        return chosen
+        if not self.scorers:
+            return chosen, self.picker.name
+        names = [scorer.name for scorer, _ in self.scorers]
+        weights = [weight for _, weight in self.scorers]
+        index = next(i for i, c in enumerate(candidates) if c is chosen)
+        return chosen, winning_scorer(names, weights, scores, totals, index) or TIE
 
 
 def _build_plugin(kind: str, ref: PluginRef, registry: dict[str, Any], *extra: Any) -> Any:

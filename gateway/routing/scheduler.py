@@ -2,6 +2,8 @@
 
 It computes what plugins need once (prompt tokens, the expected token load), fails open to the least-loaded
 replica if a plugin raises, and dispatches the request on the gateway's load ledger (counted until released).
+What it decided and why (the profile, the winning scorer, the prefix-cache estimate) is left on the request's
+RouteContext as `ctx.decision` (gateway/routing/decision.py).
 V2 services route with `least-request` unless they name a profile.
 """
 
@@ -13,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from gateway.routing.base import Candidate, RouteContext, uncached_prompt_tokens
+from gateway.routing.decision import FALLBACK, ONLY_REPLICA, Decision
 from gateway.routing.profiles import DEFAULT_PROFILE, Profile
 from gateway.routing.tokens import PromptTokens
 from llmserve.endpoints import Endpoint, ServiceInfo
@@ -69,17 +72,21 @@ class Scheduler:
             prompt = ctx.body_size // 4  # a cheap estimate when no plugin needs the real count
         ctx.expected_tokens = prompt + self._expected_output(ctx)
         if len(candidates) == 1:
-            chosen = candidates[0]  # nothing to choose (and nothing worth tokenizing for)
+            chosen, scorer = candidates[0], ONLY_REPLICA  # nothing to choose (and nothing worth tokenizing for)
         else:
             try:
-                chosen = profile.choose(ctx, candidates)
+                chosen, scorer = profile.decide(ctx, candidates)
             except Exception:
                 chosen = min(candidates, key=lambda c: (c.load.requests, c.load.in_flight_tokens))
+                scorer = FALLBACK
                 self._log_failure(profile)
         self._decisions += 1
         if self._decisions % self.prune_every == 0:
             self._prune(profile, ctx.service.name, endpoints)
         uncached = uncached_prompt_tokens(ctx, chosen, prompt)
+        counted = ctx.tokens is not None
+        ctx.decision = Decision(profile.name, scorer, prompt if counted else None,
+                                prompt - uncached if counted else None)  # fmt: skip
         return ledger.dispatch(chosen.endpoint, ctx.expected_tokens, prefill_tokens=uncached)
 
     def warm(self, tokenizer_dir: str | None) -> None:

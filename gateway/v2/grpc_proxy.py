@@ -26,7 +26,8 @@ import grpc
 from grpc import aio
 
 from gateway.auth import BearerKeys
-from gateway.dispatch import CLIENT_CLOSED, UNKNOWN_MODEL, Dispatcher
+from gateway.dispatch import CLIENT_CLOSED, UNKNOWN_MODEL, Dispatcher, observe_decision
+from gateway.tracing import RequestSpan
 from gateway.v2.channels import ChannelCache
 from gateway.v2.server import EXTENSIONS, NAME, VERSION, not_ready_message
 from gateway.v2.services import V2Services
@@ -62,7 +63,7 @@ _STATUS_OF_CODE = {
 }
 # Client metadata not passed on to replicas: the gateway's key, and what gRPC sets itself.
 _NOT_READY = pb.ModelReadyResponse(ready=False).SerializeToString()
-_NOT_FORWARDED = frozenset({"authorization", "user-agent", "content-type", "te"})
+_NOT_FORWARDED = frozenset({"authorization", "user-agent", "content-type", "te", "traceparent", "tracestate"})
 
 Unary = Callable[[bytes, aio.ServicerContext[bytes, bytes]], Awaitable[bytes]]
 
@@ -157,7 +158,10 @@ class GrpcProxy:
         await self._authorize(context)  # in front, and not counted (as over REST)
         started = time.perf_counter()
         model = UNKNOWN_MODEL
+        service_name = ""
         status = 500
+        error: str | None = None
+        span = self.dispatcher.tracer.request(route, _incoming_trace(context))
         try:
             try:
                 name = pb.ModelReadyRequest.FromString(request).name  # field 1 of all three requests
@@ -167,22 +171,25 @@ class GrpcProxy:
                 status = 404
                 return _NOT_READY  # as the runtime answers: clients poll ModelReady
             service = self.services.service(name)
-            model = service.model_name
+            model, service_name = service.model_name, service.name
+            span.resolved(model=model, service=service_name)
             self.dispatcher.ledger.arrived(service.name)
-            reply = await self._call_replica(service, route, method, request, context)
+            reply = await self._call_replica(service, route, method, request, context, span)
             if isinstance(reply, aio.AioRpcError):
                 status = _STATUS_OF_CODE.get(reply.code(), 500)
+                error = reply.details() or None
                 await context.abort(reply.code(), reply.details() or "")
             status = 200
             return reply
         except ServingError as err:
-            status = err.status
+            status, error = err.status, err.message
             await context.abort(_CODE_OF_STATUS.get(err.status, grpc.StatusCode.INTERNAL), err.message)
         except asyncio.CancelledError:
             status = CLIENT_CLOSED
             raise
         finally:
-            self.deps.metrics.observe(model, route, status, time.perf_counter() - started)
+            span.finish(status, error)
+            self.deps.metrics.observe(model, route, status, time.perf_counter() - started, service_name)
 
     def _unknown(self, model: str) -> bool:
         try:
@@ -198,22 +205,32 @@ class GrpcProxy:
         method: str,
         request: bytes,
         context: aio.ServicerContext[bytes, bytes],
+        span: RequestSpan,
     ) -> bytes | aio.AioRpcError:
         """The replica's reply, or its error."""
         ctx = self.services.context(service, route, len(request))
-        endpoints = [e for e in await self.dispatcher.ready(ctx, 0, None) if e.grpc_address]
+        endpoints = [e for e in await self.dispatcher.ready(ctx, 0, None, span) if e.grpc_address]
         if not endpoints:
             raise ServingError(503, f"No ready replica of '{service.name}' serves gRPC.")
         metadata = _forwarded_metadata(context)
+        attempt = 0
         while True:
-            dispatched = await self.dispatcher.scheduler.assign(ctx, endpoints)
+            with span.routing():
+                dispatched = await self.dispatcher.scheduler.assign(ctx, endpoints)
+                observe_decision(ctx, dispatched.endpoint, self.deps.metrics, span)
             address = dispatched.endpoint.grpc_address
             assert address is not None
+            attempt += 1
+            upstream = span.upstream(dispatched.endpoint.replica_id, f"grpc://{address}", attempt)
+            traced = tuple((k.decode(), v.decode()) for k, v in upstream.inject([]))
             entry = self.channels.acquire(dispatched.endpoint, address)
             try:
                 call: aio.UnaryUnaryMultiCallable[bytes, bytes] = entry.channel.unary_unary(method)
-                return await call(request, timeout=context.time_remaining(), metadata=metadata)
+                reply = await call(request, timeout=context.time_remaining(), metadata=metadata + traced)
+                upstream.answered(200)
+                return reply
             except aio.AioRpcError as exc:
+                upstream.end(_STATUS_OF_CODE.get(exc.code(), 500), exc.details() or None)
                 if not _not_connected(exc):
                     return exc
                 self.dispatcher.ejector.eject(dispatched.endpoint, f"gRPC unreachable: {exc.details()}")
@@ -242,6 +259,15 @@ def _metadata_value(context: aio.ServicerContext[bytes, bytes], key: str) -> str
         if name == key:
             return value if isinstance(value, str) else value.decode("latin-1")
     return None
+
+
+def _incoming_trace(context: aio.ServicerContext[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    """The caller's W3C trace context, as header pairs for the tracer."""
+    return [
+        (name.encode(), value if isinstance(value, bytes) else value.encode("latin-1"))
+        for name, value in context.invocation_metadata() or ()
+        if name in ("traceparent", "tracestate")
+    ]
 
 
 def _forwarded_metadata(context: aio.ServicerContext[bytes, bytes]) -> tuple[tuple[str, str | bytes], ...]:

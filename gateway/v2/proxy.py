@@ -36,11 +36,11 @@ class V2Proxy:
         self.parse = parse
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        exchange = Exchange(scope, receive, send)
         path: str = scope["path"]
         method: str = scope["method"]
-        echo = exchange.echo
         target = self.parse(path)
+        exchange = self.dispatcher.exchange(scope, receive, send, target.route if target is not None else None)
+        echo = exchange.echo
         if target is None:
             await send_v2_error(send, not_found(method, path), echo)
             return
@@ -51,10 +51,14 @@ class V2Proxy:
             body = await read_body(scope, receive, self.max_body_bytes)
             service = self.services.service(target.model)
             exchange.model = service.model_name
+            exchange.service = service.name
+            exchange.span.resolved(model=service.model_name, service=service.name)
             self.ledger.arrived(service.name)
             exchange.watch.start()
             ctx = self.services.context(service, target.route, len(body))
-            response, dispatched = await self.dispatcher.send(ctx, self._outbound(scope, body, exchange))
+            outbound = self._outbound(scope, body, exchange)
+            response, dispatched = await self.dispatcher.send(ctx, outbound, span=exchange.span)
+            exchange.revision = dispatched.endpoint.revision
             try:
                 detail = await _read(response)
                 own = self.dispatcher.worker_error(dispatched.endpoint, response.status, detail)
@@ -69,7 +73,9 @@ class V2Proxy:
             await send_v2_error(send, err, echo)
 
         await exchange.run(handle, fail)
-        self.metrics.observe(exchange.model, target.route, exchange.status, exchange.elapsed())
+        self.metrics.observe(
+            exchange.model, target.route, exchange.status, exchange.elapsed(), exchange.service, exchange.revision
+        )
 
     @staticmethod
     def _outbound(scope: Scope, body: bytes, exchange: Exchange) -> Outbound:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from llmserve.spec import InferenceService
 from llmserve.workers.plan import WorkerPlan
+from llmserve.workers.tracing import FLAG as TRACES_FLAG
+from llmserve.workers.tracing import WorkerTracing
 
 _CPU_DEFAULTS: tuple[tuple[str, str | None], ...] = (("--dtype", "float32"), ("--enforce-eager", None))
 _COMMON_DEFAULTS: tuple[tuple[str, str | None], ...] = (("--enable-prefix-caching", None),)
@@ -40,7 +42,9 @@ def vllm_plan(
     *,
     python: str | None = None,
     cpu: bool | None = None,
+    tracing: WorkerTracing | None = None,
 ) -> WorkerPlan:
+    """`tracing`: vLLM exports its own request spans there (unless the user's args name an endpoint)."""
     model = service.spec.predictor.model
     cpu = vllm_is_cpu_build() if cpu is None else cpu
     user_args = list(model.args)
@@ -55,10 +59,15 @@ def vllm_plan(
     for flag, value in defaults:
         if not _has_flag(user_args, flag):
             argv += [flag] if value is None else [flag, value]
+    traced = tracing is not None and not _has_flag(user_args, TRACES_FLAG)
+    if traced and tracing is not None:
+        argv += tracing.flags()
     argv += user_args
     env = dict(_QUIET_ENV)
     if cpu:
         env.update(_CPU_ENV)
+    if traced and tracing is not None:
+        env.update(tracing.env(service.name))
     env.update({var.name: var.value for var in model.env})
     # One replica's model runner on CPU pins its threads to the CPUs it is given; a backend that runs several
     # replicas on one machine hands each its own (see controller/backends/cpus.py). Not with several ranks (a

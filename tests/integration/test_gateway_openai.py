@@ -253,8 +253,10 @@ def test_metrics_count_requests_ttft_and_tokens(stack: Stack, client: openai.Ope
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="not-served", messages=MESSAGES)
     text = httpx.get(f"{stack.url}/metrics").text
-    assert 'llmserve_requests_total{model="m",route="chat_completions",status="200"}' in text
-    assert 'llmserve_requests_total{model="__unknown__",route="chat_completions",status="404"}' in text
+    assert 'llmserve_requests_total{model="m",revision="",route="chat_completions",service="m",status="200"}' in text
+    assert (
+        'llmserve_requests_total{model="__unknown__",revision="",route="chat_completions",service="",status="404"}'
+    ) in text
     assert 'llmserve_time_to_first_token_seconds_count{model="m",route="chat_completions"}' in text
     assert 'llmserve_tokens_total{kind="prompt",model="m"}' in text
     assert 'llmserve_requests_in_flight{model="m"} 0.0' in text

@@ -282,8 +282,10 @@ def test_requests_are_spread_counted_and_metered(gw: Gateway, runtimes: list[Run
     assert all(n == 0 for n in loads)
     metrics = httpx.get(f"{gw.url}/metrics").text
     for route in ("v2_infer", "v2_explain", "v2_metadata", "v2_ready", "v1_predict", "grpc_infer"):
-        assert f'llmserve_requests_total{{model="iris",route="{route}",status="200"}}' in metrics, route
-    assert 'llmserve_requests_total{model="__unknown__",route="v2_infer",status="404"}' in metrics
+        labels = f'model="iris",revision="",route="{route}",service="iris",status="200"'
+        assert f"llmserve_requests_total{{{labels}}}" in metrics, route
+    unknown = 'model="__unknown__",revision="",route="v2_infer",service="",status="404"'
+    assert f"llmserve_requests_total{{{unknown}}}" in metrics
     assert 'llmserve_request_duration_seconds_count{model="iris",route="v2_infer"}' in metrics
     assert 'llmserve_requests_in_flight{model="iris"} 0.0' in metrics
 

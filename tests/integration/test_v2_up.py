@@ -120,7 +120,9 @@ def test_first_request_cold_starts_the_runtime(up: Up, iris: TrainedModel) -> No
     replicas = up.replicas()
     assert [r["state"] for r in replicas] == ["ready"]
     metrics = httpx.get(f"{up.url}/metrics").text
-    assert 'llmserve_requests_total{model="iris",route="v2_infer",status="200"} 1.0' in metrics
+    assert (
+        'llmserve_requests_total{model="iris",revision="iris-00001",route="v2_infer",service="iris",status="200"} 1.0'
+    ) in metrics
     assert 'llmserve_activator_held_seconds_count{service="iris"} 1.0' in metrics
     assert cold_start_s < 120
 

@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", help=argparse.SUPPRESS)
     parser.add_argument("--enforce-eager", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--disable-uvicorn-access-log", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--otlp-traces-endpoint",
+        help="vLLM's flag, accepted: the simulator exports no spans but records the traceparent of each request "
+        "(GET /sim/traceparents)",
+    )
     return parser
 
 
@@ -105,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_loras=args.max_loras,
         legacy_metrics=args.legacy_metrics,
         enable_prefix_caching=args.enable_prefix_caching,
+        otlp_traces_endpoint=args.otlp_traces_endpoint,
     )
     config = app.config
     server = uvicorn.Server(

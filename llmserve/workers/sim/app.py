@@ -1,7 +1,9 @@
 """The simulator's HTTP face: a raw ASGI app speaking the vLLM 0.32 OpenAI server's contract.
 
 Routes: POST /v1/chat/completions, /v1/completions (streamed as SSE or not), /tokenize, /detokenize;
-GET /v1/models, /health, /metrics, /version. Responses carry the same fields as vLLM's (ids `chatcmpl-…`/`cmpl-…`,
+GET /v1/models, /health, /metrics, /version; and the simulator's own GET /sim/traceparents: the W3C
+`traceparent` headers of the last generation requests (what vLLM would join its `llm_request` span to), for
+tests. Responses carry the same fields as vLLM's (ids `chatcmpl-…`/`cmpl-…`,
 `system_fingerprint`, `stop_reason`, usage), the streamed ones chunk by chunk: a role chunk per choice first
 (chat), one chunk per token, the finish reason on the last token's chunk, an optional usage chunk, `[DONE]`.
 A client that disconnects, streamed or not, has its requests aborted in the engine at once.
@@ -14,6 +16,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +63,8 @@ class ServerConfig:
     legacy_metrics: bool = False
     """Also export the older generation's names (`vllm:gpu_cache_usage_perc`, `vllm:gpu_prefix_cache_*`)."""
     created: int = field(default_factory=lambda: int(time.time()))
+    otlp_traces_endpoint: str | None = None
+    """vLLM's --otlp-traces-endpoint, accepted and reported by /sim/traceparents (the simulator exports no spans)."""
 
 
 class SimServer:
@@ -70,6 +75,7 @@ class SimServer:
         self.tokenizer = tokenizer
         self.config = config
         self.names = ModelNames(config.served_model_names, config.lora_modules)
+        self.traceparents: deque[dict[str, str | None]] = deque(maxlen=1000)  # the last requests' trace contexts
         self._loop_task: asyncio.Task[None] | None = None
         self._routes: dict[str, tuple[str, Callable[[Scope, Receive, Send], Awaitable[None]]]] = {
             "/v1/chat/completions": ("POST", self._chat),
@@ -80,6 +86,7 @@ class SimServer:
             "/health": ("GET", self._health),
             "/metrics": ("GET", self._metrics),
             "/version": ("GET", self._version),
+            "/sim/traceparents": ("GET", self._traceparents),
         }
         self._piece_json = {t: orjson.dumps(tokenizer.piece(t)) for t in tokenizer.output_vocab}
 
@@ -136,6 +143,10 @@ class SimServer:
 
     async def _version(self, scope: Scope, receive: Receive, send: Send) -> None:
         await _respond(send, 200, orjson.dumps({"version": VLLM_VERSION}))
+
+    async def _traceparents(self, scope: Scope, receive: Receive, send: Send) -> None:
+        answer = {"otlp_traces_endpoint": self.config.otlp_traces_endpoint, "requests": list(self.traceparents)}
+        await _respond(send, 200, orjson.dumps(answer))
 
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
         cfg = self.config
@@ -222,6 +233,9 @@ class SimServer:
         self, scope: Scope, receive: Receive, send: Send, request: GenerationRequest, chat: bool
     ) -> None:
         engine = self.engine
+        traceparent = _header(scope, b"traceparent")
+        if traceparent is not None:
+            self.traceparents.append({"request_id": _request_id(scope), "traceparent": traceparent})
         overhead = engine.profile.request_overhead_ms / 1000
         if overhead > 0:
             await engine.clock.sleep_until(engine.clock.now() + overhead)
@@ -401,6 +415,7 @@ def create_app(
     max_loras: int = 1,
     legacy_metrics: bool = False,
     enable_prefix_caching: bool = True,
+    otlp_traces_endpoint: str | None = None,
 ) -> SimServer:
     """A simulated worker as an ASGI app: `create_app("m")` for tests and in-process fleets (pass a
     `ManualClock` to step it without real time, or `RealClock(speed)` to run it faster than the wall)."""
@@ -418,6 +433,7 @@ def create_app(
         model_root=model,
         lora_modules=list(lora_modules),
         legacy_metrics=legacy_metrics,
+        otlp_traces_endpoint=otlp_traces_endpoint,
     )
     return SimServer(engine, tokens, config)
 
@@ -501,8 +517,12 @@ def _ids(chat: bool, request_id: str | None) -> str:
 
 
 def _request_id(scope: Scope) -> str | None:
+    return _header(scope, b"x-request-id")
+
+
+def _header(scope: Scope, wanted: bytes) -> str | None:
     for name, value in scope["headers"]:
-        if name == b"x-request-id":
+        if name == wanted:
             return str(value.decode("latin-1"))
     return None
 

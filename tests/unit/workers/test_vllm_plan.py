@@ -46,3 +46,18 @@ def test_pooling_runner_gets_no_prefix_caching() -> None:
         assert "--enable-prefix-caching" not in argv
         assert "--dtype" in argv
     assert "--enable-prefix-caching" in vllm_plan(service('["--runner", "generate"]'), Path("/m"), cpu=True).argv
+
+
+def test_tracing_adds_the_otlp_endpoint_and_transport_unless_the_user_chose_one() -> None:
+    from llmserve.workers.tracing import WorkerTracing
+
+    tracing = WorkerTracing(endpoint="http://127.0.0.1:4318/v1/traces", protocol="http/protobuf")
+    plan = vllm_plan(service(), Path("/m"), cpu=True, tracing=tracing)
+    assert plan.argv[plan.argv.index("--otlp-traces-endpoint") + 1] == "http://127.0.0.1:4318/v1/traces"
+    assert plan.env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] == "http/protobuf"
+    assert plan.env["OTEL_SERVICE_NAME"] == "vllm-llm"
+    assert "--otlp-traces-endpoint" not in vllm_plan(service(), Path("/m"), cpu=True).argv
+    own = vllm_plan(service(args='["--otlp-traces-endpoint", "grpc://collector:4317"]'), Path("/m"), tracing=tracing)
+    assert own.argv.count("--otlp-traces-endpoint") == 1
+    assert own.argv[own.argv.index("--otlp-traces-endpoint") + 1] == "grpc://collector:4317"
+    assert "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" not in own.env
