@@ -8,10 +8,10 @@ response byte, a stall after N response bytes, a reset after N response bytes, r
 
 Faults act on what the server sends back (the response); latency delays every chunk both ways. It knows nothing
 of HTTP: "N bytes" counts response heads too, from the moment the fault was set (on connections already open as
-well: a client's kept-alive connection gets the new fault at its next response). A stall lasts until `release()` or until either side closes.
-`refuse` closes the listening socket (connect() is refused, as for a worker that is gone) and reopens it on the
-same port when a later fault does not refuse. The proxy runs its own event loop in a thread, so it works under
-synchronous and asynchronous tests alike.
+well: a client's kept-alive connection gets the new fault at its next response). A stall lasts until `release()`
+or until the client leaves. `refuse` closes the listening socket (connect() is refused, as for a worker that is
+gone) and reopens it on the same port when a later fault does not refuse. The proxy runs its own event loop in a
+thread, so it works under synchronous and asynchronous tests alike.
 """
 
 from __future__ import annotations
