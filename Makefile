@@ -4,7 +4,7 @@ CONFIG ?= configs/quickstart.yaml
 PORT   ?= 8080
 BIN    := $(VENV)/bin
 
-.PHONY: up test setup lint pull bench clean
+.PHONY: up test setup lint pull bench clean audit fuzz fuzz-api
 
 up: setup
 	$(BIN)/llmserve pull $(CONFIG)
@@ -26,6 +26,17 @@ lint: setup
 
 pull: setup
 	$(BIN)/llmserve pull $(CONFIG)
+
+# Known vulnerabilities in the installed environment (pip-audit; needs its vulnerability service, see README).
+audit: setup
+	$(BIN)/python scripts/audit.py
+
+# Longer budgets than `make test` gives them: atheris, 10 minutes per target; schemathesis, 2000 examples per operation.
+fuzz: setup
+	LLMSERVE_FUZZ_SECONDS=600 $(BIN)/pytest tests/fuzz -q --timeout=0
+
+fuzz-api: setup
+	LLMSERVE_SCHEMATHESIS_EXAMPLES=2000 $(BIN)/pytest tests/integration/test_schemathesis.py -q --timeout=0
 
 clean:
 	rm -rf $(VENV) .llmserve .mypy_cache .ruff_cache .pytest_cache
