@@ -13,7 +13,8 @@ What a client sees (the body is in the OpenAI envelope, or V2's `{"error": ...}`
 - a declared body with no byte for `body_idle_timeout_s` while the server waits for it: 408 and close; time the
   server itself is not reading (the app is slow, or it has not yet asked for a `100-continue` body) does not count;
 - beyond `max_connections` open connections: 503 with `Retry-After: 1` at once, before anything is read.
-A response once started is never cut by these deadlines: an SSE stream runs as long as it runs.
+A response once started is never cut by these deadlines: an SSE stream runs as long as it runs. (A head pipelined
+in the same read as the end of the previous request is counted from the next read on: at most one read buffer more.)
 
 Every refusal is written, then the write side is shut (the client reads the answer, then EOF) and what the client
 still sends is read and dropped for up to a second before the socket closes, so a client that is still sending
@@ -27,6 +28,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import resource
+import time
 from typing import Any, Literal
 
 import httptools
@@ -40,6 +43,8 @@ from llmserve.protocol.errors import ServingError
 log = logging.getLogger("llmserve.frontdoor")
 
 _LINGER_S = 1.0  # how long a refused connection's input is drained before the socket closes
+_FD_HEADROOM = 256  # descriptors beyond max_connections: worker connections, log files, the listening sockets
+_warned_at = 0.0
 
 
 class FrontDoorSettings(BaseModel):
@@ -129,6 +134,7 @@ def uvicorn_config(
     for fixed in ("http", "ws", "limit_concurrency"):
         if fixed in options:
             raise TypeError(f"uvicorn_config sets {fixed!r} itself")
+    ensure_descriptors(front_door.max_connections + _FD_HEADROOM)
     return FrontDoorConfig(
         app,
         host=host,
@@ -139,6 +145,22 @@ def uvicorn_config(
         ws="none",
         **options,
     )
+
+
+def ensure_descriptors(needed: int) -> int:
+    """Raise this process's soft limit on open files towards `needed` (up to the hard limit, which needs no
+    privilege), so that the connection cap, not EMFILE, is what refuses connections. Returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+        if soft < needed:
+            log.warning("open-file limit %d is below max_connections + %d: lower max_connections", soft, _FD_HEADROOM)
+    return soft
 
 
 def grpc_server_options(front_door: FrontDoorSettings, *, max_message_bytes: int) -> list[tuple[str, int]]:
@@ -198,7 +220,7 @@ class FrontDoorProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self.limits.max_connections:
             self.transport = transport
-            log.warning("refusing a connection: %d open (max_connections)", len(self.connections))
+            _warn_rarely("refusing connections: %d open (max_connections)", len(self.connections))
             self._refuse(
                 ServingError(
                     503,
@@ -396,3 +418,12 @@ class FrontDoorProtocol(HttpToolsProtocol):
             body,
         ]
         return b"".join(lines)
+
+
+def _warn_rarely(message: str, *args: object) -> None:
+    """At most one warning a second: a flood of refused connections must not become a flood of log lines."""
+    global _warned_at
+    now = time.monotonic()
+    if now - _warned_at >= 1.0:
+        _warned_at = now
+        log.warning(message, *args)
