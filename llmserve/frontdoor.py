@@ -10,8 +10,10 @@ What a client sees (the body is in the OpenAI envelope, or V2's `{"error": ...}`
   soon as the limit is passed (the rest of the head is never buffered);
 - head not complete `header_timeout_s` after accept (or after the first byte of a later request on a kept-alive
   connection): 408 and close (slowloris);
-- a declared body with no byte for `body_idle_timeout_s` while the server waits for it: 408 and close; time the
-  server itself is not reading (the app is slow, or it has not yet asked for a `100-continue` body) does not count;
+- a declared body with no byte for `body_idle_timeout_s` while the server waits for it, or one arriving slower than
+  `body_min_rate_bytes_s` (after a first `body_idle_timeout_s` of grace: a client trickling a byte a second is
+  cut too): 408 and close; time the server itself is not reading (the app is slow, or it has not yet asked for a
+  `100-continue` body) does not count;
 - beyond `max_connections` open connections: 503 with `Retry-After: 1` at once, before anything is read.
 A response once started is never cut by these deadlines: an SSE stream runs as long as it runs. (A head pipelined
 in the same read as the end of the previous request is counted from the next read on: at most one read buffer more.)
@@ -70,6 +72,12 @@ class FrontDoorSettings(BaseModel):
         description="Seconds a declared request body may go without a byte while the server waits for it; then 408 "
         "and close.",
     )
+    body_min_rate_bytes_s: int = Field(
+        default=500,
+        ge=0,
+        description="Slowest request body accepted, in bytes per second, after body_idle_timeout_s of grace (the "
+        "deadline moves 1 s later for each this many bytes received); then 408 and close. 0: no rate rule.",
+    )
     max_connections: int = Field(
         default=2048,
         ge=1,
@@ -86,6 +94,7 @@ def add_front_door_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-header-count", type=int, default=defaults.max_header_count, help="431 beyond")
     group.add_argument("--header-timeout", type=float, default=defaults.header_timeout_s, help="s; then 408")
     group.add_argument("--body-idle-timeout", type=float, default=defaults.body_idle_timeout_s, help="s; then 408")
+    group.add_argument("--body-min-rate", type=int, default=defaults.body_min_rate_bytes_s, help="bytes/s; 408")
     group.add_argument("--max-connections", type=int, default=defaults.max_connections, help="503 beyond")
 
 
@@ -97,6 +106,7 @@ def front_door_from_args(parser: argparse.ArgumentParser, args: argparse.Namespa
             max_header_count=args.max_header_count,
             header_timeout_s=args.header_timeout,
             body_idle_timeout_s=args.body_idle_timeout,
+            body_min_rate_bytes_s=args.body_min_rate,
             max_connections=args.max_connections,
         )
     except ValidationError as exc:
@@ -212,6 +222,8 @@ class FrontDoorProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._last_body_at = 0.0
+        self._body_started_at = 0.0
+        self._body_bytes = 0
         self._limit_error: ServingError | None = None
         self._refused = False
         self._linger: asyncio.TimerHandle | None = None
@@ -247,6 +259,7 @@ class FrontDoorProtocol(HttpToolsProtocol):
         if self._reading_body:
             if self._body_timer is not None:
                 self._last_body_at = self.loop.time()
+                self._body_bytes += len(data)
             self._feed(data)
         else:
             room = self.limits.max_header_bytes - self._head_bytes
@@ -275,7 +288,8 @@ class FrontDoorProtocol(HttpToolsProtocol):
         if self._in_head and self._head_timer is None:  # a later request's head is incomplete
             self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timeout)
         elif self._reading_body and self._body_timer is None:
-            self._last_body_at = self.loop.time()
+            self._last_body_at = self._body_started_at = self.loop.time()
+            self._body_bytes = 0
             self._body_timer = self.loop.call_at(
                 self._last_body_at + self.limits.body_idle_timeout_s, self._body_timeout
             )
@@ -357,25 +371,37 @@ class FrontDoorProtocol(HttpToolsProtocol):
         self._body_timer = None
         if self._refused or not self._reading_body:
             return
+        limits = self.limits
         now = self.loop.time()
         cycle = self.cycle
         if self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
-            self._last_body_at = now  # the server is not reading: the client is not the one being slow
-        elif now - self._last_body_at >= self.limits.body_idle_timeout_s:
-            if self._responding():
-                return  # a response is on its way: it is never cut (and the body stops being watched)
-            answered = cycle is not None and cycle.response_complete
-            self._refuse(
-                None
-                if answered
-                else ServingError(
-                    408,
-                    f"No request body bytes arrived for {self.limits.body_idle_timeout_s:g} s.",
-                    code="request_timeout",
+            # The server is not reading: the client is not the one being slow. It starts afresh from here.
+            self._last_body_at = now
+            rate = limits.body_min_rate_bytes_s
+            self._body_started_at = now - (self._body_bytes / rate if rate else 0.0)
+        else:
+            idle = now - self._last_body_at >= limits.body_idle_timeout_s
+            slow = now >= self._rate_deadline()
+            if idle or slow:
+                if self._responding():
+                    return  # a response is on its way: it is never cut (and the body stops being watched)
+                message = (
+                    f"No request body bytes arrived for {limits.body_idle_timeout_s:g} s."
+                    if idle
+                    else f"The request body arrived slower than {limits.body_min_rate_bytes_s} bytes/s."
                 )
-            )
-            return
-        self._body_timer = self.loop.call_at(self._last_body_at + self.limits.body_idle_timeout_s, self._body_timeout)
+                answered = cycle is not None and cycle.response_complete
+                self._refuse(None if answered else ServingError(408, message, code="request_timeout"))
+                return
+        due = min(self._last_body_at + limits.body_idle_timeout_s, self._rate_deadline())
+        self._body_timer = self.loop.call_at(due, self._body_timeout)
+
+    def _rate_deadline(self) -> float:
+        """When the body is too slow: a grace of body_idle_timeout_s, plus 1 s per body_min_rate_bytes_s received."""
+        rate = self.limits.body_min_rate_bytes_s
+        if not rate:
+            return float("inf")
+        return self._body_started_at + self.limits.body_idle_timeout_s + self._body_bytes / rate
 
     # -- refusing ---------------------------------------------------------------------------------------------
     def _refuse(self, error: ServingError | None) -> None:

@@ -137,13 +137,13 @@ def test_slowloris_head_is_cut_at_the_header_deadline(port: Port) -> None:
 
 
 def test_a_body_that_stops_is_cut_at_the_idle_deadline(port: Port) -> None:
-    head = request_head("POST", port.post, [("content-type", "application/json"), ("content-length", "1000")])
+    head = request_head("POST", port.post, [("content-type", "application/json"), ("content-length", "100000")])
     with RawConnection(port.url) as conn:
         conn.send(head)
-        # Bytes keep coming for longer than the deadline, each within it: the connection stays.
+        # A fast enough body keeps coming for longer than the deadline, each part within it: the connection stays.
         trickle_until = time.monotonic() + DEADLINE_S * 1.5
         while True:
-            assert conn.send(b" ")
+            assert conn.send(b" " * 400)  # 400 bytes every DEADLINE_S / 3: 800 B/s, over the 500 B/s minimum
             last_byte = time.monotonic()
             if last_byte > trickle_until:
                 break
@@ -156,6 +156,24 @@ def test_a_body_that_stops_is_cut_at_the_idle_deadline(port: Port) -> None:
     response = parse_response(raw)
     assert response.status == 408
     assert "No request body bytes arrived" in error_message(port, response.json())
+
+
+def test_a_body_trickled_byte_by_byte_is_cut(port: Port) -> None:
+    """The issue's slow client: a byte every few tenths of a second is never idle long, but far below 500 B/s."""
+    head = request_head("POST", port.post, [("content-type", "application/json"), ("content-length", "100000")])
+    with RawConnection(port.url) as conn:
+        conn.send(head)
+        began = time.monotonic()
+        while conn.send(b" ") and not conn.wait_data(DEADLINE_S / 5):
+            if time.monotonic() - began > DEADLINE_S + LATE_S:
+                break
+        raw = conn.read_to_end(LATE_S)
+    assert raw is not None, "the trickling body was never cut"
+    assert conn.eof_at is not None
+    assert conn.eof_at - began >= DEADLINE_S - 0.05  # the grace is the idle deadline
+    response = parse_response(raw)
+    assert response.status == 408
+    assert "slower than 500 bytes/s" in error_message(port, response.json())
 
 
 def test_a_kept_alive_connection_may_idle_between_requests(port: Port) -> None:
