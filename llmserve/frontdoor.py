@@ -131,8 +131,6 @@ class FrontDoorConfig(uvicorn.Config):
 def uvicorn_config(
     app: Any,
     *,
-    host: str,
-    port: int,
     front_door: FrontDoorSettings,
     error_envelope: ErrorEnvelope = "by-path",
     **options: Any,
@@ -140,15 +138,13 @@ def uvicorn_config(
     """The uvicorn config every HTTP server of the project runs with: httptools behind the front-door limits, no
     WebSocket upgrades (no port of ours serves WebSockets). `error_envelope`: how refusals are rendered, "by-path"
     (V2's envelope under /v2, OpenAI's elsewhere: the gateway) or "v2" (a server that speaks only V2: the runtime).
-    `options` are uvicorn.Config's other arguments."""
+    `options` are uvicorn.Config's other arguments (host and port, or none when serving given sockets)."""
     for fixed in ("http", "ws", "limit_concurrency"):
         if fixed in options:
             raise TypeError(f"uvicorn_config sets {fixed!r} itself")
     ensure_descriptors(front_door.max_connections + _FD_HEADROOM)
     return FrontDoorConfig(
         app,
-        host=host,
-        port=port,
         front_door=front_door,
         error_envelope=error_envelope,
         http=FrontDoorProtocol,
