@@ -15,8 +15,8 @@ Policy (README, "Limits and failure behaviour"):
   sent. A worker's 404 says the model or route is not served there -> 404 in the gateway's words; 413 -> 413.
 - **Busy or not ready (worker 429 / 503)** -> 503 + Retry-After, kind UNAVAILABLE: another replica may serve it.
 - **Engine dead**: vLLM's 500 whose message is EngineDeadError's ("EngineCore encountered an issue. See stack
-  trace (above) for the root cause.") -> 502 in the gateway's words, kind ENGINE_DEAD: the caller withdraws the
-  replica (its API server is up, its engine is not; every later request would fail the same way).
+  trace (above) for the root cause.") -> 502 + Retry-After in the gateway's words, kind ENGINE_DEAD: the caller
+  withdraws the replica (its API server is up, its engine is not; every later request would fail the same way).
 V2 runtime replicas answer `{"error": "..."}`: the same rules apply to that message.
 
 A pure function of its inputs: the caller (the dispatch path) renders the ServingError, logs `worker_message`,
@@ -72,7 +72,12 @@ def worker_error(status: int, body: bytes, *, path: str = "", model: str | None 
     if status >= 500 and any(marker in message for marker in ENGINE_DEAD_MARKERS):
         return WorkerError(
             WorkerErrorKind.ENGINE_DEAD,
-            ServingError(502, "The model worker's engine has stopped; retry the request.", code="worker_engine_dead"),
+            ServingError(
+                502,
+                "The model worker's engine has stopped; retry the request.",
+                code="worker_engine_dead",
+                headers={"retry-after": str(RETRY_AFTER_S)},
+            ),
             logged,
         )
     if status in (400, 422):

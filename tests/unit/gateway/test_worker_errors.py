@@ -103,6 +103,7 @@ def test_vllms_engine_dead_500_is_its_own_kind(name: str) -> None:
     assert kind is WorkerErrorKind.ENGINE_DEAD
     assert status == 502
     assert error["code"] == "worker_engine_dead"
+    assert worker_error(500, CASES[name]["body"].encode()).error.headers["retry-after"] == "1"
     assert "EngineCore" not in error["message"]
     result = worker_error(500, CASES[name]["body"].encode())
     assert "EngineCore encountered an issue" in result.worker_message  # kept for the log
