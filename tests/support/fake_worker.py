@@ -1,8 +1,7 @@
 """A fake OpenAI worker (the vLLM HTTP contract, minus the model) for gateway tests.
 
 Behaviour is chosen per request by the `model` field:
-- "boom-500": plain-text 500;  "reset": the app raises before any response (uvicorn then answers its own plain
-  500 and closes; tests/support/scripted_worker.py's Reset() is a real connection reset);
+- "boom-500": plain-text 500;  "reset": the connection is closed before any response;
 - "break-stream": a stream that is cut after two chunks; "no-embeddings": /v1/embeddings is not served (404);
 any other name: a normal answer.
 `max_tokens` sets how many stream chunks are sent and `x_delay_ms` (an extra body field) the pause between them.
