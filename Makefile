@@ -5,7 +5,8 @@ PORT   ?= 8080
 BIN    := $(VENV)/bin
 
 .PHONY: up test setup lint pull load iris clean bench-deps bench-routing bench-peers bench-overhead bench-v2 \
-        bench-decision bench-calibration bench-gpu bench-topology bench-graph bench-tracing readme-table
+        bench-decision bench-calibration bench-gpu bench-topology bench-graph bench-tracing readme-table \
+        audit fuzz fuzz-api
 
 up: setup
 	$(BIN)/llmserve pull $(CONFIG)
@@ -48,6 +49,17 @@ iris: setup  # re-train the ready-to-run iris model that configs/iris.yaml serve
 TRACING_ARGS ?= --rounds 5 --duration 10
 bench-tracing: setup
 	$(BIN)/python benchmarks/tracing_overhead/run.py $(TRACING_ARGS)
+
+# Known vulnerabilities in the installed environment (pip-audit; needs its vulnerability service, see README).
+audit: setup
+	$(BIN)/python scripts/audit.py
+
+# Longer budgets than `make test` gives them: atheris, 10 minutes per target; schemathesis, 2000 examples per operation.
+fuzz: setup
+	LLMSERVE_FUZZ_SECONDS=600 $(BIN)/pytest tests/fuzz -q --timeout=0
+
+fuzz-api: setup
+	LLMSERVE_SCHEMATHESIS_EXAMPLES=2000 $(BIN)/pytest tests/integration/test_schemathesis.py -q --timeout=0
 
 clean:
 	rm -rf $(VENV) .llmserve .mypy_cache .ruff_cache .pytest_cache

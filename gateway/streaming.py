@@ -1,7 +1,8 @@
 """Relaying a worker's response to the client: whole bodies at once, streams chunk by chunk as they arrive.
 
-Nothing is buffered or re-framed: each piece the worker sends is handed to the client as soon as it is read. If
-the worker breaks mid-stream, the client gets one SSE `data:` frame in OpenAI's error envelope and the end.
+Nothing is re-framed: what the worker sends is handed to the client as soon as it is read, up to its last complete
+SSE event (the bytes of an event not yet complete wait for the rest). If the worker breaks mid-stream, the client
+gets one SSE `data:` frame in OpenAI's error envelope and the end, never half an event.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ _PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 _EVENT_STREAM = b"text/event-stream"
 _STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+_MAX_PARTIAL = 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -150,8 +152,12 @@ async def _relay_stream(
             }
         )
     last = 0.0
+    partial = b""  # bytes after the last complete frame: held until the frame is whole
     try:
         while (chunk := await response.next_chunk()) is not None:
+            chunk, partial = _whole_frames(partial + chunk if partial else chunk)
+            if not chunk:
+                continue
             if stats.first_chunk_at is None:
                 stats.first_chunk_at = last = time.perf_counter()
                 if on_first_chunk is not None:
@@ -165,12 +171,24 @@ async def _relay_stream(
                 find_usage(chunk, stats)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except UpstreamError as exc:
-        # Headers are gone already: report the failure in-band, the way vLLM reports its own stream errors.
+        # Headers are gone already: report the failure in-band, the way vLLM reports its own stream errors. A frame
+        # the worker had only half sent is dropped, so the error frame is the client's next whole event.
         stats.status = 502
         await reply.error_frame(ServingError.upstream_failure(str(exc)))
         return stats
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    await send({"type": "http.response.body", "body": partial, "more_body": False})
     return stats
+
+
+def _whole_frames(data: bytes) -> tuple[bytes, bytes]:
+    """`data` split after its last SSE event boundary (a blank line): (whole events, the rest). A rest that grows
+    past _MAX_PARTIAL is passed on as it is (a worker that never ends its events is still relayed)."""
+    if data.endswith(b"\n\n"):
+        return data, b""
+    end = max(data.rfind(b"\n\n") + 2, data.rfind(b"\r\n\r\n") + 4, 0)
+    if len(data) - end > _MAX_PARTIAL:
+        return data, b""
+    return data[:end], data[end:]
 
 
 class DisconnectWatch:

@@ -159,7 +159,7 @@ def _parse_input(item: Any, index: int) -> InferTensor:
     if not isinstance(name, str) or not name:
         raise _bad_request(f"{where}.name must be a non-empty string.")
     datatype = item.get("datatype")
-    if datatype not in DATATYPE_SIZES:
+    if not isinstance(datatype, str) or datatype not in DATATYPE_SIZES:
         raise _bad_request(f"{where} ('{name}'): unknown datatype {datatype!r}; one of {', '.join(DATATYPE_SIZES)}.")
     shape = item.get("shape")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 import uvloop
 
+from llmserve.frontdoor import add_front_door_arguments, front_door_from_args, grpc_server_options, uvicorn_config
 from llmserve.protocol.v2 import ServerMetadata
 from llmserve.runtimes.dataplane import DataPlane
 from llmserve.runtimes.frameworks import guess_format, model_class
@@ -90,11 +91,12 @@ class Runtime:
 
 async def serve(settings: RuntimeSettings) -> None:
     runtime = Runtime(settings)
-    config = uvicorn.Config(
+    config = uvicorn_config(
         runtime.app,
         host=settings.host,
         port=settings.port,
-        http="httptools",
+        front_door=settings.front_door,
+        error_envelope="v2",
         lifespan="on",
         access_log=False,
         log_level="warning",
@@ -115,12 +117,8 @@ async def _start_grpc(runtime: Runtime, host: str, port: int) -> grpc.aio.Server
 
     from llmserve.runtimes.grpc_service import InferenceServicer, generic_handler
 
-    grpc_server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", runtime.settings.max_body_bytes),
-            ("grpc.max_send_message_length", runtime.settings.max_body_bytes),
-        ]
-    )
+    limits = grpc_server_options(runtime.settings.front_door, max_message_bytes=runtime.settings.max_body_bytes)
+    grpc_server = grpc.aio.server(options=[*limits, ("grpc.max_send_message_length", runtime.settings.max_body_bytes)])
     grpc_server.add_generic_rpc_handlers((generic_handler(InferenceServicer(runtime.dataplane)),))
     bound = grpc_server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
@@ -147,6 +145,7 @@ def parse_args(argv: list[str] | None = None) -> RuntimeSettings:
     parser.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024)
     parser.add_argument("--cache-dir", type=Path, default=None, help="where remote artifacts are cached")
     parser.add_argument("--log-level", default="info")
+    add_front_door_arguments(parser)
     args = parser.parse_args(argv)
     try:
         models = [parse_model_arg(value) for value in args.model]
@@ -169,6 +168,7 @@ def parse_args(argv: list[str] | None = None) -> RuntimeSettings:
         model_repository=args.model_repository,
         memory_budget_bytes=budget,
         max_body_bytes=args.max_body_bytes,
+        front_door=front_door_from_args(parser, args),
         cache_dir=args.cache_dir,
         log_level=args.log_level,
     )

@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from llmserve.frontdoor import FrontDoorSettings
+
 ModelFormat = Literal["sklearn", "xgboost", "lightgbm"]
 MODEL_FORMATS: tuple[str, ...] = ("sklearn", "xgboost", "lightgbm")
 SETTINGS_FILE = "model-settings.json"
@@ -88,6 +90,11 @@ class RuntimeSettings(BaseModel):
         "and loaded again on demand. None: no limit.",
     )
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1, description="Largest request body accepted (413).")
+    front_door: FrontDoorSettings = Field(
+        default_factory=FrontDoorSettings,
+        description="Connection limits of the REST and gRPC ports (header size and count, read deadlines, a cap "
+        "on connections).",
+    )
     cache_dir: Path | None = Field(
         default=None, description="Where remote artifacts are cached; default: LLMSERVE_CACHE or ~/.cache."
     )

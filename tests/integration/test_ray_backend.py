@@ -410,8 +410,7 @@ async def test_a_dead_node_s_replicas_move_to_a_live_node(
             f"{len(answered)} requests through the gateway meanwhile, not 200: {failed}"
         )
         assert [node_of(e) for e in replaced] == [HEAD, HEAD]
-        assert outcome != "completed"  # cut off, cleanly: an httpx error, not a hang
-        assert ended < 15
+        assert outcome != "completed"  # cut off, cleanly: an httpx error, not a hang (wait_for above bounds it)
         after = [status for t, status in answered if t > withdrawn]
         assert after
         assert set(after) == {200}  # once withdrawn, the gateway answers from the live replica
@@ -426,6 +425,8 @@ async def test_a_vanished_node_s_replicas_move_before_ray_declares_it_dead(
     """A machine that vanishes leaves no closed socket behind: here its processes are frozen (SIGSTOP). Ray takes
     about a minute to declare such a node dead; the controller's health checks notice first, the silent actor is
     not waited for, and the replacement goes to another node."""
+    import ray
+
     cluster.add_node("127.0.0.4")
     frozen: list[int] = []
     try:
@@ -448,7 +449,10 @@ async def test_a_vanished_node_s_replicas_move_before_ray_declares_it_dead(
                 f"ready again in {recovered:.1f} s, on {sorted(node_of(e) for e in replaced)}"
             )
             assert node.ip not in {node_of(e) for e in replaced}
-            assert recovered < 45  # Ray alone would only declare the node dead after ~60 s
+            # The replacement did not wait for Ray: Ray still counts the frozen node alive (it declares such a node
+            # dead only after about a minute). An order of events, not a duration.
+            nodes: Callable[[], list[dict[str, Any]]] = ray.nodes  # (untyped in Ray)
+            assert node.ip in {n["NodeManagerAddress"] for n in nodes() if n["Alive"]}
     finally:
         for pid in frozen:
             with contextlib.suppress(ProcessLookupError):

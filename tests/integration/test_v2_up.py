@@ -112,11 +112,9 @@ def up(iris: TrainedModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def test_first_request_cold_starts_the_runtime(up: Up, iris: TrainedModel) -> None:
     assert up.replicas() == []  # scaled to zero
     body = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": ROW}]}
-    started = time.monotonic()
-    answer = httpx.post(f"{up.url}/v2/models/iris/infer", json=body, timeout=120)
+    answer = httpx.post(f"{up.url}/v2/models/iris/infer", json=body, timeout=120)  # held until a runtime is up
     assert answer.status_code == 200, f"{answer.text}\n{up.tail()}"
     assert answer.json()["outputs"][0]["data"] == iris.model.predict([ROW]).tolist()
-    cold_start_s = time.monotonic() - started
     replicas = up.replicas()
     assert [r["state"] for r in replicas] == ["ready"]
     metrics = httpx.get(f"{up.url}/metrics").text
@@ -124,7 +122,6 @@ def test_first_request_cold_starts_the_runtime(up: Up, iris: TrainedModel) -> No
         'llmserve_requests_total{model="iris",revision="iris-00001",route="v2_infer",service="iris",status="200"} 1.0'
     ) in metrics
     assert 'llmserve_activator_held_seconds_count{service="iris"} 1.0' in metrics
-    assert cold_start_s < 120
 
 
 def test_grpc_through_the_gateway_port(up: Up, iris: TrainedModel) -> None:

@@ -54,6 +54,11 @@ class FakeWorker:
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         self.requests.append(request)
         self.headers.append(headers)
+        await self.answer(scope, receive, send, request)
+
+    async def answer(self, scope: dict[str, Any], receive: Any, send: Any, request: dict[str, Any]) -> None:
+        """The normal answer to a generation request whose body has been read (`request`)."""
+        path = scope["path"]
         model = request.get("model")
         if model == "reset":
             raise RuntimeError("fake worker drops this connection")

@@ -20,12 +20,12 @@ from referencing.jsonschema import DRAFT202012
 _URN = "urn:openai-openapi"
 
 
-def _relax(node: Any) -> Any:
+def relax(node: Any) -> Any:
     if isinstance(node, list):
-        return [_relax(item) for item in node]
+        return [relax(item) for item in node]
     if not isinstance(node, dict):
         return node
-    node = {key: _relax(value) for key, value in node.items()}
+    node = {key: relax(value) for key, value in node.items()}
     if node.pop("nullable", False) is True:
         node = {"anyOf": [node, {"type": "null"}]}
         return node
@@ -41,7 +41,7 @@ def _relax(node: Any) -> Any:
 
 class OpenAISchemas:
     def __init__(self, document: dict[str, Any]) -> None:
-        resource = Resource.from_contents(_relax(document), default_specification=DRAFT202012)
+        resource = Resource.from_contents(relax(document), default_specification=DRAFT202012)
         self._registry: Registry[Any] = Registry().with_resource(_URN, resource)
         self._validators: dict[str, jsonschema.Draft202012Validator] = {}
 

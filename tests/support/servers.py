@@ -10,10 +10,18 @@ from typing import Any
 
 import uvicorn
 
+from llmserve.frontdoor import FrontDoorSettings, uvicorn_config
+
 
 class ServerThread:
-    def __init__(self, app: Any, host: str = "127.0.0.1") -> None:
-        config = uvicorn.Config(app, host=host, port=0, log_level="warning", lifespan="on", access_log=False)
+    def __init__(self, app: Any, host: str = "127.0.0.1", front_door: FrontDoorSettings | None = None) -> None:
+        """`front_door`: serve through the project's own uvicorn config (uvicorn_config) with these limits;
+        None: plain uvicorn, as a worker that is not ours would be."""
+        options: dict[str, Any] = {"log_level": "warning", "lifespan": "on", "access_log": False}
+        if front_door is not None:
+            config = uvicorn_config(app, host=host, port=0, front_door=front_door, **options)
+        else:
+            config = uvicorn.Config(app, host=host, port=0, **options)
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -66,8 +74,8 @@ class ServerThread:
 
 
 @contextmanager
-def serving(app: Any) -> Iterator[ServerThread]:
-    server = ServerThread(app).start()
+def serving(app: Any, front_door: FrontDoorSettings | None = None) -> Iterator[ServerThread]:
+    server = ServerThread(app, front_door=front_door).start()
     try:
         yield server
     finally:
