@@ -128,9 +128,16 @@ def in_flight(url: str) -> float:
 
 
 def gateway_metric(up: Up, pattern: str) -> float:
+    """The sum of the series named in `pattern` (`name\\{label="value",...\\}`) that carry those labels; other labels
+    (service, revision on llmserve_requests_total) may be there too, in any order."""
     text = httpx.get(f"{up.url}/metrics", headers=up.headers, timeout=5).text
-    found = re.search(rf"^{pattern} ([0-9.e+]+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
+    name, _, wanted_text = pattern.replace("\\", "").partition("{")
+    wanted = dict(re.findall(r'(\w+)="([^"]*)"', wanted_text))
+    total = 0.0
+    for series_name, labels, value in re.findall(r"^(\w+)\{([^}]*)\} (\S+)$", text, re.MULTILINE):
+        if series_name == name and wanted.items() <= dict(re.findall(r'(\w+)="([^"]*)"', labels)).items():
+            total += float(value)
+    return total
 
 
 def test_sequence_with_request_response_and_a_condition(up: Up) -> None:
