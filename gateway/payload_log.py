@@ -14,9 +14,11 @@ Events (CloudEvents 1.0, as KServe's `pkg/logger` sends them):
 Never logged: credential headers (`authorization`, `cookie`, ...) whatever `metadataHeaders` says, and any of
 the gateway's API keys wherever it appears (bodies included: replaced by `[REDACTED]`).
 
-The request path only appends: `begin()` decides sampling and queues the request event; the send wrapper of
-`Exchange` hands each response chunk over as it passes to the client (no copy, no await of anything of the
-logger's) and queues the response once, assembled from the chunks, when the last one is sent (or at `close()`).
+The request path only appends: `begin()` decides sampling and queues the request event (on the gateway's path,
+`start()` defers it to the response's start, when the revision that answered is known); the send wrapper of
+`Exchange` (`LoggedSend` in the proxies) hands each response chunk over as it passes to the client (no copy, no
+await of anything of the logger's) and queues the response once, assembled from the chunks, when the last one is
+sent (or at `close()`).
 Each sink has its own bounded queue and workers: a slow or dead sink fills its queue, and what does not fit is
 dropped and counted (`llmserve_payload_log_events_total{outcome="dropped"}`); the client never waits.
 """
