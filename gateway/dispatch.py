@@ -1,8 +1,8 @@
 """One way to dispatch a request to a replica, for every protocol on HTTP (OpenAI and V2).
 
-`Dispatcher.send` places a request on a ready replica of its service, of the revision the traffic split picks for
-it (gateway/revisions.py: pins, sessions), (the scheduler chooses; the load ledger counts it from that moment until
-it is released) and sends it. With no ready replica the request waits in the activator. A
+`Dispatcher.send` places a request on a ready replica of its service (of the revision the traffic split picks for
+it: gateway/revisions.py; the scheduler chooses among them; the load ledger counts it from that moment until it is
+released) and sends it. With no ready replica the request waits in the activator. A
 replica the request never reached (connection refused or reset before any byte) is ejected on this gateway and the
 request goes to another replica, or waits in the activator until one is ready again: nothing that reached a worker is
 sent twice. A worker that answers that its engine is dead is ejected too, and the client gets the gateway's 502.
