@@ -160,6 +160,13 @@ def test_a_raising_hook_is_a_clean_error_and_the_next_request_succeeds(up: Up) -
         "message": "rejected: no PII", "type": "invalid_request_error", "param": None, "code": "bad_prompt",
     }  # fmt: skip
     assert chat(up).status_code == 200
+    # A chunk hook that raises once the stream started: one error frame in OpenAI's envelope, then the end.
+    body = {"model": "chat", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8, "stream": True}
+    failed = httpx.post(f"{up.url}/v1/chat/completions", json=body, headers={"x-fail-chunk": "1"}, timeout=60)
+    assert failed.status_code == 200
+    *_, last = events(failed)
+    assert last["error"]["message"] == "postprocess_chunk failed: RuntimeError: chunk boom"
+    assert all(chunk.get("transformed_by") == "chat" for chunk in events(chat(up, stream=True)))
     bad_row = httpx.post(f"{up.url}/v1/models/iris:predict", json={"instances": [[1, 2]]}, timeout=30)
     assert bad_row.status_code == 400
     assert "each row needs 4 features" in bad_row.json()["error"]

@@ -64,7 +64,7 @@ class FailsToLoad(Transformer):
 class Marker(Transformer):
     """For services behind a transformer, end to end: caps `max_tokens` (the predictor's answer shows it got the
     transformed request), marks whole answers and each streamed chunk with `tag`; a top-level `crash` or `reject`
-    in a request makes preprocess fail."""
+    in a request makes preprocess fail, an `x-fail-chunk` header the chunk hook."""
 
     def __init__(self, tag: str = "marked", max_tokens: int = 2) -> None:
         self.tag = tag
@@ -83,6 +83,8 @@ class Marker(Transformer):
         return {**response, "transformed_by": self.tag}
 
     async def postprocess_chunk(self, chunk: dict[str, Any], headers: dict[str, str]) -> dict[str, Any] | None:
+        if "x-fail-chunk" in headers:
+            raise RuntimeError("chunk boom")
         return {**chunk, "transformed_by": self.tag}
 
 
