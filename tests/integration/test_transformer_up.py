@@ -1,7 +1,8 @@
 """Transformers end to end: `llmserve up` supervises each service's transformer process next to its predictor, and
 the gateway calls the hooks around dispatch (OpenAI on simulated vLLM workers, whole and streamed; V2 and KServe V1
-on the V2 runtime with the example feature-scaling transformer). A raising hook is a clean error in the protocol's
-envelope and the next request succeeds; a killed transformer process is replaced."""
+on the V2 runtime with the example feature-scaling transformer, also as an InferenceGraph's step). A raising hook
+is a clean error in the protocol's envelope and the next request succeeds; a killed transformer process is
+replaced."""
 
 from __future__ import annotations
 
@@ -62,6 +63,13 @@ spec:
     handler: configs/transformers/feature_scaling.py:StandardScaler
     config: {{mean: {mean}, scale: {scale}, labels: [setosa, versicolor, virginica]}}
   logger: {{file: {events}}}
+---
+apiVersion: serving.llmserve.io/v1alpha1
+kind: InferenceGraph
+metadata: {{name: scaled}}
+spec:
+  nodes:
+    root: {{routerType: Sequence, steps: [{{serviceName: iris}}]}}
 """
 MEAN, SCALE = [5.84, 3.06, 3.76, 1.2], [0.83, 0.43, 1.76, 0.76]
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
@@ -134,6 +142,9 @@ def test_v2_and_v1_through_the_feature_scaling_transformer(up: Up, iris: v2_mode
     v1 = httpx.post(f"{up.url}/v1/models/iris:predict", json={"instances": ROWS}, timeout=30)
     assert v1.status_code == 200, v1.text
     assert v1.json()["predictions"] == expected
+    graph = httpx.post(f"{up.url}/v1/graphs/scaled", json={"instances": ROWS}, timeout=30)
+    assert graph.status_code == 200, graph.text
+    assert graph.json()["predictions"] == expected  # a graph step calls the service through its transformer
     assert httpx.get(f"{up.url}/v2/models/iris", timeout=30).json()["name"] == "iris"  # metadata: no hooks
     # The payload log has what the client sent and what it got (not what the transformer made of them).
     path = Path(up.log).parent / "iris-events.jsonl"
