@@ -5,7 +5,7 @@ PORT   ?= 8080
 BIN    := $(VENV)/bin
 
 .PHONY: up test setup lint pull load iris clean bench-deps bench-routing bench-peers bench-overhead bench-v2 \
-        bench-decision bench-calibration bench-gpu bench-topology bench-graph bench-tracing readme-table \
+        bench-decision bench-calibration bench-gpu bench-topology bench-graph bench-tracing bench-transform-log readme-table \
         audit fuzz fuzz-api
 
 up: setup
@@ -116,3 +116,8 @@ GRAPH_BENCH_ARGS ?= --rounds 5 --requests 2000 --concurrency 1,8
 bench-graph: bench-deps
 	$(BENCH) benchmarks/graph_overhead/run.py $(GRAPH_BENCH_ARGS)
 	$(MAKE) readme-table
+
+# A no-op transformer's hop and payload logging (JSONL file, HTTP sink) vs neither, in one run; result in
+# benchmarks/results/transform_log.md (benchmarks/transform_log/run.py).
+bench-transform-log: setup       ## transform_log.md: added p50 and CPU per request of a transformer hop and of logging
+	$(BENCH) benchmarks/transform_log/run.py --rounds 5 --requests 300

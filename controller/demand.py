@@ -6,6 +6,10 @@ and queue-proxies push. A gateway that has not reported for `stale_after_s` is d
 `arrived` counters are turned into one counter that only grows (a gateway that restarts or is dropped does not make
 it go back), so "requests came and went between two ticks" still shows.
 
+Reports may break a service's demand down per revision (the revision each request went to); the autoscaler scales
+each revision on its own share (`revision_demand`). A report without the breakdown (an older gateway) counts under
+revision "".
+
 Implements llmserve.endpoints.DemandReader. An injected clock; no timers of its own.
 """
 
@@ -17,13 +21,15 @@ from dataclasses import dataclass, field
 
 from llmserve.endpoints import Demand
 
+Key = tuple[str, str | None]  # (service, revision); revision None: the service as a whole
+
 
 @dataclass
 class _Gateway:
     seq: int
     seen_at: float
-    services: dict[str, Demand]
-    arrived: dict[str, int] = field(default_factory=dict)  # its last counter value per service
+    demands: dict[Key, Demand]
+    arrived: dict[Key, int] = field(default_factory=dict)  # its last counter values
 
 
 class DemandAggregator:
@@ -31,7 +37,7 @@ class DemandAggregator:
         self.stale_after_s = stale_after_s
         self.clock = clock
         self._gateways: dict[str, _Gateway] = {}
-        self._arrived: dict[str, int] = {}  # one growing counter per service, over all gateways
+        self._arrived: dict[Key, int] = {}  # one growing counter per service (and revision), over all gateways
 
     def report(self, gateway: str, seq: int, services: Mapping[str, Demand]) -> bool:
         """Take a gateway's report; False (ignored) when it is older than one already taken."""
@@ -39,24 +45,38 @@ class DemandAggregator:
         known = self._gateways.get(gateway)
         if known is not None and seq <= known.seq:
             return False
-        previous = known.arrived if known is not None else {}
+        demands: dict[Key, Demand] = {}
         for name, demand in services.items():
-            grew = demand.arrived - previous.get(name, 0)
+            demands[(name, None)] = demand
+            if demand.revisions:
+                demands.update(((name, revision), share) for revision, share in demand.revisions.items())
+            else:
+                demands[(name, "")] = demand  # not broken down: the unattributed share is all of it
+        previous = known.arrived if known is not None else {}
+        for key, demand in demands.items():
+            grew = demand.arrived - previous.get(key, 0)
             if grew > 0:
-                self._arrived[name] = self._arrived.get(name, 0) + grew
-        self._gateways[gateway] = _Gateway(seq, now, dict(services), {name: d.arrived for name, d in services.items()})
+                self._arrived[key] = self._arrived.get(key, 0) + grew
+        self._gateways[gateway] = _Gateway(seq, now, demands, {key: d.arrived for key, d in demands.items()})
         return True
 
     def demand(self, service: str) -> Demand:
+        return self._sum((service, None))
+
+    def revision_demand(self, service: str, revision: str) -> Demand:
+        """The demand for one revision of a service (revision "": what gateways reported unattributed)."""
+        return self._sum((service, revision))
+
+    def _sum(self, key: Key) -> Demand:
         in_flight = in_flight_tokens = held = held_tokens = 0
         for gateway in self._live():
-            seen = gateway.services.get(service)
+            seen = gateway.demands.get(key)
             if seen is not None:
                 in_flight += seen.in_flight
                 in_flight_tokens += seen.in_flight_tokens
                 held += seen.held
                 held_tokens += seen.held_tokens
-        return Demand(in_flight, in_flight_tokens, held, held_tokens, self._arrived.get(service, 0))
+        return Demand(in_flight, in_flight_tokens, held, held_tokens, self._arrived.get(key, 0))
 
     def gateways(self) -> list[dict[str, object]]:
         """Live gateways, for status reports."""

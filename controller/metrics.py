@@ -26,8 +26,25 @@ class ControllerCollector:
             "From scaling up at zero ready replicas to the first ready replica.",
             labels=["service"],
         )
+        per_revision = ["service", "revision"]
+        revision_desired = GaugeMetricFamily(
+            "llmserve_revision_replicas_desired", "Replicas the controller wants, per revision.", labels=per_revision
+        )
+        revision_ready = GaugeMetricFamily(
+            "llmserve_revision_replicas_ready", "Replicas serving requests, per revision.", labels=per_revision
+        )
+        traffic = GaugeMetricFamily(
+            "llmserve_revision_traffic_percent",
+            "Share of the service's traffic sent to the revision (the split).",
+            labels=per_revision,
+        )
         for state in self.controller.status():
             name = state["name"]
+            for revision in state["revisions"]:
+                labels = [name, revision["name"]]
+                revision_desired.add_metric(labels, revision["desired_replicas"])
+                revision_ready.add_metric(labels, revision["ready_replicas"])
+                traffic.add_metric(labels, revision["traffic_percent"])
             desired.add_metric([name], state["desired_replicas"])
             ready.add_metric([name], state["ready_replicas"])
             restarts.add_metric([name], sum(r["restarts"] for r in state["replicas"]))
@@ -36,7 +53,7 @@ class ControllerCollector:
                 ("+Inf", float(len(durations)))
             ]
             cold.add_metric([name], buckets, sum(durations))
-        yield from (desired, ready, restarts, cold)
+        yield from (desired, ready, restarts, cold, revision_desired, revision_ready, traffic)
         pool = self.controller.backend.describe().get("warm_pool")
         if pool is not None:
             processes = GaugeMetricFamily(

@@ -51,3 +51,18 @@ class ControllerSettings(BaseModel):
         default=None,
         description="Where vLLM replicas export their own spans (--otlp-traces-endpoint); None: untraced workers.",
     )
+    revision_retire_after_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a revision that lost its traffic keeps its replicas (gateways with the previous split, "
+        "requests in flight, a quick rollback) before they are drained and stopped.",
+    )
+    revision_failure_restarts: int = Field(
+        default=2,
+        ge=1,
+        description="A new revision whose replica failed to start this many times (or whose model pull failed), "
+        "while another revision serves, has failed: it gets no traffic and its replicas are stopped.",
+    )
+    revision_history: int = Field(
+        default=10, ge=0, description="Retired revisions remembered per service (status, rollbacks by name)."
+    )

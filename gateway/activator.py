@@ -50,9 +50,11 @@ class Activator:
         return len(self._queues.get(service, ()))
 
     async def wait_for_replica(
-        self, service: str, tokens: int, keepalive: KeepAlive | None = None
+        self, service: str, tokens: int, keepalive: KeepAlive | None = None, revision: str = ""
     ) -> tuple[Endpoint, ...]:
-        """The service's ready endpoints, once there are some; ServingError(503) on overflow or deadline."""
+        """The service's ready endpoints, once there are some (when there are some already: after their next
+        change); ServingError(503) on overflow or deadline. `revision`: the one the request waits for (its
+        demand is counted there)."""
         queue = self._queues.setdefault(service, deque())
         if len(queue) >= self.settings.queue_depth:
             raise ServingError(
@@ -63,7 +65,7 @@ class Activator:
             )
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queue.append(waiter)
-        self.ledger.hold(service, tokens)
+        self.ledger.hold(service, tokens, revision)
         started = time.monotonic()
         self.endpoints.wake(service)
         try:
@@ -78,7 +80,7 @@ class Activator:
         finally:
             if waiter in queue:  # deadline, disconnect or cancellation: give the slot back
                 queue.remove(waiter)
-            self.ledger.unhold(service, tokens)
+            self.ledger.unhold(service, tokens, revision)
             self.metrics.observe_held(service, time.monotonic() - started)
         return self.endpoints.ready_endpoints(service)
 

@@ -28,10 +28,12 @@ from gateway.openai.chat_completions import attach_router as attach_chat_complet
 from gateway.openai.completions import attach_router as attach_completions
 from gateway.openai.embeddings import attach_router as attach_embeddings
 from gateway.openai.models import attach_router as attach_models
+from gateway.payload_log import PayloadLogCollector, PayloadLogger
 from gateway.recent_errors import RecentErrors
 from gateway.routing import Scheduler, SignalScraper, load_profiles
 from gateway.settings import GatewaySettings
 from gateway.tracing import RequestTracer, build_tracer
+from gateway.transform import TransformerClient, Transformers
 from gateway.upstream import UpstreamPool
 from gateway.v2 import attach_router as attach_v2
 from gateway.v2 import start_grpc
@@ -108,10 +110,16 @@ def build_gateway(
         ledger,
         metrics,
     )
+    payload_log = PayloadLogger(secrets=[key.get_secret_value() for key in settings.api_keys])
+    transformers = Transformers(view, TransformerClient(pool), activator, ejector)
     dispatcher = Dispatcher(
-        DispatchDeps(view, scheduler, ledger, pool, activator, ejector, metrics, settings, tracer, recent_errors)
-    )
+        DispatchDeps(
+            view, scheduler, ledger, pool, activator, ejector, metrics, settings, tracer, recent_errors,
+            transformers=transformers, payload_log=payload_log,
+        )
+    )  # fmt: skip
     metrics.registry.register(LedgerCollector(ledger, view))
+    metrics.registry.register(PayloadLogCollector(payload_log))
     metrics.declare(lambda: [info.name for info in view.services()])
     for collector in collectors:
         metrics.registry.register(collector)
@@ -128,6 +136,7 @@ def build_gateway(
         if gateway.grpc is not None:
             await gateway.grpc.stop()
         await scraper.stop()
+        await payload_log.close()
         await pool.close()
         tracer.close()  # exports what is still buffered
 

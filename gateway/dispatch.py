@@ -1,7 +1,8 @@
 """One way to dispatch a request to a replica, for every protocol on HTTP (OpenAI and V2).
 
-`Dispatcher.send` places a request on a ready replica of its service (the scheduler chooses; the load ledger counts
-it from that moment until it is released) and sends it. With no ready replica the request waits in the activator. A
+`Dispatcher.send` places a request on a ready replica of its service (of the revision the traffic split picks for
+it: gateway/revisions.py; the scheduler chooses among them; the load ledger counts it from that moment until it is
+released) and sends it. With no ready replica the request waits in the activator. A
 replica the request never reached (connection refused or reset before any byte) is ejected on this gateway and the
 request goes to another replica, or waits in the activator until one is ready again: nothing that reached a worker is
 sent twice. A worker that answers that its engine is dead is ejected too, and the client gets the gateway's 502.
@@ -27,11 +28,14 @@ from gateway.asgi import ClientDisconnected, Receive, Scope, Send, header
 from gateway.ejection import Ejector
 from gateway.ledger import Dispatched, LoadLedger
 from gateway.metrics import GatewayMetrics
+from gateway.payload_log import PayloadLogger
 from gateway.recent_errors import RecentErrors
+from gateway.revisions import RevisionPicker
 from gateway.routing import RouteContext, Scheduler
 from gateway.settings import GatewaySettings
 from gateway.streaming import DisconnectWatch
 from gateway.tracing import NO_REQUEST_SPAN, NO_TRACING, RequestSpan, RequestTracer
+from gateway.transform import Transformers
 from gateway.upstream import Headers, UpstreamError, UpstreamPool, UpstreamResponse
 from llmserve.endpoints import Endpoint, EndpointReader
 from llmserve.protocol.errors import ServingError
@@ -70,6 +74,9 @@ class DispatchDeps:
     settings: GatewaySettings
     tracer: RequestTracer = NO_TRACING
     errors: RecentErrors = field(default_factory=RecentErrors)  # the last 5xx answers, for the status page
+    revisions: RevisionPicker = field(default_factory=RevisionPicker)  # the traffic split, per request
+    transformers: Transformers | None = None  # hooks around dispatch, for services with a transformer
+    payload_log: PayloadLogger | None = None  # for services with a logger
 
 
 @dataclass(slots=True)
@@ -91,6 +98,7 @@ class Dispatcher:
         self.pool = deps.pool
         self.activator = deps.activator
         self.ejector = deps.ejector
+        self.revisions = deps.revisions
         self.header_timeout = deps.settings.upstream_header_timeout
         self.retry_after_s = deps.settings.retry_after_seconds
         self.tracer = deps.tracer
@@ -109,15 +117,18 @@ class Dispatcher:
         keepalive: KeepAlive | None,
         span: RequestSpan = NO_REQUEST_SPAN,
     ) -> Sequence[Endpoint]:
-        """The service's ready replicas; with none, the request waits in the activator (503 on its deadline)."""
+        """The ready replicas of the revision the request goes to (gateway/revisions.py); with none, the request
+        waits in the activator (503 on its deadline)."""
         service = ctx.service.name
-        endpoints: Sequence[Endpoint] = self.endpoints.ready_endpoints(service)
-        if endpoints:
-            return endpoints
-        with span.held():
-            endpoints = await self.activator.wait_for_replica(service, held_tokens, keepalive)
-        if not endpoints:
-            raise ServingError.no_ready_replica(service, self.retry_after_s)
+        narrow = self.revisions.narrow
+        ready: Sequence[Endpoint] = self.endpoints.ready_endpoints(service)
+        revision, endpoints = narrow(ctx.service, ready, pin=ctx.pin, session=ctx.session)
+        while not endpoints:
+            with span.held():
+                ready = await self.activator.wait_for_replica(service, held_tokens, keepalive, revision)
+            if not ready:
+                raise ServingError.no_ready_replica(service, self.retry_after_s)
+            revision, endpoints = narrow(ctx.service, ready, pin=ctx.pin, session=ctx.session)
         return endpoints
 
     async def send(

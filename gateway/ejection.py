@@ -100,15 +100,18 @@ class Ejector:
 
 
 class EjectingView:
-    """An EndpointReader: `source`'s ready endpoints minus the ejected ones.
+    """An EndpointReader: `source`'s ready endpoints minus the ejected ones. `ready_endpoints` are the predictor
+    replicas (what requests are routed to); a service's transformer replicas are read apart
+    (`transformer_endpoints`).
 
-    The filtered tuple of a service is cached until the source changes, an ejection happens, or the earliest
+    The filtered tuples of a service are cached until the source changes, an ejection happens, or the earliest
     ejection ends (checked on read against the clock)."""
 
     def __init__(self, source: EndpointReader, ejector: Ejector) -> None:
         self.source = source
         self.ejector = ejector
         self._cache: dict[str, tuple[Endpoint, ...]] = {}
+        self._transformers: dict[str, tuple[Endpoint, ...]] = {}
         self._valid_until: float | None = None
         self._listeners: list[Listener] = []
         source.subscribe(self._changed)
@@ -124,13 +127,20 @@ class EjectingView:
         until = self._valid_until
         if until is not None and self.ejector.clock() >= until:
             self._cache.clear()
+            self._transformers.clear()
             self._valid_until = self.ejector.next_expiry()
         cached = self._cache.get(service)
         if cached is None:
-            every = self.source.ready_endpoints(service)
-            cached = tuple(e for e in every if not self.ejector.ejected(e))
+            every = [e for e in self.source.ready_endpoints(service) if not self.ejector.ejected(e)]
+            cached = tuple(e for e in every if e.component == "predictor")
             self._cache[service] = cached
+            self._transformers[service] = tuple(e for e in every if e.component == "transformer")
         return cached
+
+    def transformer_endpoints(self, service: str) -> tuple[Endpoint, ...]:
+        """The service's ready transformer replicas, ejected ones left out."""
+        self.ready_endpoints(service)
+        return self._transformers.get(service, ())
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -140,6 +150,7 @@ class EjectingView:
 
     def _changed(self, service: str) -> None:
         self._cache.pop(service, None)
+        self._transformers.pop(service, None)
         self._valid_until = self.ejector.next_expiry()
         for listener in self._listeners:
             listener(service)

@@ -11,7 +11,7 @@ The gateway runs on one event-loop thread: no locking.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.routing.load import EndpointLoad
 from llmserve.endpoints import Demand, Endpoint
@@ -20,16 +20,25 @@ from llmserve.protocol.vllm_metrics import Scraped
 
 @dataclass(slots=True)
 class ServiceLoad:
-    """One service's requests as this gateway sees them."""
+    """One service's requests as this gateway sees them; `revisions` holds the same counts per revision the
+    requests went to (there `arrived` counts the requests routed to it), which the autoscaler scales on."""
 
     in_flight: int = 0  # dispatched to a replica, response not ended
     in_flight_tokens: int = 0  # their prompt + expected output tokens
     held: int = 0  # waiting in the activator for a ready replica
     held_tokens: int = 0
     arrived: int = 0  # requests received so far (a counter)
+    revisions: dict[str, ServiceLoad] = field(default_factory=dict)
+
+    def revision(self, name: str) -> ServiceLoad:
+        load = self.revisions.get(name)
+        if load is None:
+            load = self.revisions[name] = ServiceLoad()
+        return load
 
     def demand(self) -> Demand:
-        return Demand(self.in_flight, self.in_flight_tokens, self.held, self.held_tokens, self.arrived)
+        revisions = {name: load.demand() for name, load in self.revisions.items()}
+        return Demand(self.in_flight, self.in_flight_tokens, self.held, self.held_tokens, self.arrived, revisions)
 
 
 class Dispatched:
@@ -111,15 +120,23 @@ class LoadLedger:
     def arrived(self, service: str) -> None:
         self.service(service).arrived += 1
 
-    def hold(self, service: str, tokens: int) -> None:
+    def hold(self, service: str, tokens: int, revision: str = "") -> None:
         load = self.service(service)
         load.held += 1
         load.held_tokens += tokens
+        if revision:
+            share = load.revision(revision)
+            share.held += 1
+            share.held_tokens += tokens
 
-    def unhold(self, service: str, tokens: int) -> None:
+    def unhold(self, service: str, tokens: int, revision: str = "") -> None:
         load = self.service(service)
         load.held -= 1
         load.held_tokens -= tokens
+        if revision:
+            share = load.revision(revision)
+            share.held -= 1
+            share.held_tokens -= tokens
 
     def dispatch(self, endpoint: Endpoint, tokens: int, prefill_tokens: int = 0) -> Dispatched:
         """Count a request on `endpoint` (and its service) from now until the returned record is released."""
@@ -130,12 +147,19 @@ class LoadLedger:
         service = self.service(endpoint.service)
         service.in_flight += 1
         service.in_flight_tokens += tokens
+        share = service.revision(endpoint.revision)
+        share.in_flight += 1
+        share.in_flight_tokens += tokens
+        share.arrived += 1
         return Dispatched(self, endpoint, tokens, prefill_tokens)
 
     def finished(self, endpoint: Endpoint, tokens: int) -> None:
         service = self.service(endpoint.service)
         service.in_flight -= 1
         service.in_flight_tokens -= tokens
+        share = service.revision(endpoint.revision)
+        share.in_flight -= 1
+        share.in_flight_tokens -= tokens
         load = self.current(endpoint)
         if load is not None:
             load.in_flight = max(0, load.in_flight - 1)

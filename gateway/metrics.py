@@ -215,16 +215,32 @@ class LedgerCollector:
             "Requests this gateway has in flight on each replica (its load ledger), by service and replica id.",
             labels=["service", "replica"],
         )
+        revision_in_flight = GaugeMetricFamily(
+            "llmserve_revision_requests_in_flight",
+            "Requests dispatched to a replica whose response has not ended, by served model and revision.",
+            labels=["model", "revision"],
+        )
+        routed = CounterMetricFamily(
+            "llmserve_revision_requests_routed",
+            "Requests dispatched to a replica, by served model and revision (the traffic split as it happened).",
+            labels=["model", "revision"],
+        )
         loads = self._ledger.services()
         for info in self._endpoints.services():  # every declared service, at 0 until it has traffic
             load = loads.get(info.name)
             in_flight.add_metric([info.model_name], load.in_flight if load is not None else 0)
             held.add_metric([info.name], load.held if load is not None else 0)
+            for revision, share in list(load.revisions.items()) if load is not None else ():
+                if revision:
+                    revision_in_flight.add_metric([info.model_name, revision], share.in_flight)
+                    routed.add_metric([info.model_name, revision], share.arrived)
         for replica, endpoint_load in list(self._ledger.loads.items()):
             per_replica.add_metric([endpoint_load.endpoint.service, replica], endpoint_load.in_flight)
         yield in_flight
         yield held
         yield per_replica
+        yield revision_in_flight
+        yield routed
 
 
 class _Collector:

@@ -14,9 +14,11 @@ Events (CloudEvents 1.0, as KServe's `pkg/logger` sends them):
 Never logged: credential headers (`authorization`, `cookie`, ...) whatever `metadataHeaders` says, and any of
 the gateway's API keys wherever it appears (bodies included: replaced by `[REDACTED]`).
 
-The request path only appends: `begin()` decides sampling and queues the request event; the send wrapper of
-`Exchange` hands each response chunk over as it passes to the client (no copy, no await of anything of the
-logger's) and queues the response once, assembled from the chunks, when the last one is sent (or at `close()`).
+The request path only appends: `begin()` decides sampling and queues the request event (on the gateway's path,
+`start()` defers it to the response's start, when the revision that answered is known); the send wrapper of
+`Exchange` (`LoggedSend` in the proxies) hands each response chunk over as it passes to the client (no copy, no
+await of anything of the logger's) and queues the response once, assembled from the chunks, when the last one is
+sent (or at `close()`).
 Each sink has its own bounded queue and workers: a slow or dead sink fills its queue, and what does not fit is
 dropped and counted (`llmserve_payload_log_events_total{outcome="dropped"}`); the client never waits.
 """
@@ -29,8 +31,8 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +43,11 @@ import orjson
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 from gateway.asgi import Message, Send
+from llmserve.endpoints import ServiceInfo
+from llmserve.payload_policy import LogPolicy
+
+__all__ = ["REQUEST_TYPE", "RESPONSE_TYPE", "ExchangeInfo", "LogPolicy", "LoggedSend", "PayloadLogCollector",
+           "PayloadLogger"]  # fmt: skip
 
 log = logging.getLogger("llmserve.gateway.payload_log")
 
@@ -52,24 +59,7 @@ SECRET_HEADERS = frozenset(
 )
 # CloudEvents' HTTP binding: header values percent-encode space, '"', '%' and everything outside printable ASCII.
 _HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
-Mode = Literal["all", "request", "response"]
 Outcome = Literal["sent", "failed", "dropped"]
-
-
-@dataclass(frozen=True)
-class LogPolicy:
-    """A service's `spec.logger`, as the gateway learns it."""
-
-    mode: Mode = "all"
-    url: str | None = None
-    file: str | None = None
-    sample_rate: float = 1.0
-    metadata_headers: frozenset[str] = frozenset()  # lowercase names
-    annotations: Mapping[str, str] = field(default_factory=dict)  # the selected metadataAnnotations
-
-    @property
-    def sinks(self) -> tuple[str, ...]:
-        return tuple(s for s in (self.url, f"file:{self.file}" if self.file else None) if s)
 
 
 @dataclass(frozen=True)
@@ -99,19 +89,36 @@ class _Event:
 
 
 class Exchange:
-    """One logged exchange's response side: wrap the ASGI `send` that goes to the client with `wrap(send)`."""
+    """One logged exchange's response side: wrap the ASGI `send` that goes to the client with `wrap(send)`.
 
-    __slots__ = ("_chunks", "_content_type", "_done", "_logger", "_metadata", "_size", "_status", "_truncated")
+    With a deferred request event (`begin(..., defer_request=True)`), the request is queued when the response
+    starts (or at `close()`), so that it carries the revision `routed()` named meanwhile."""
 
-    def __init__(self, logger: PayloadLogger, metadata: tuple[ExchangeInfo, LogPolicy, dict[str, list[str]]]):
+    __slots__ = ("_chunks", "_content_type", "_done", "_logger", "_metadata", "_request", "_responses", "_size",
+                 "_status", "_truncated")  # fmt: skip
+
+    def __init__(
+        self,
+        logger: PayloadLogger,
+        metadata: tuple[ExchangeInfo, LogPolicy, dict[str, list[str]]],
+        request: _Event | None = None,
+    ):
         self._logger = logger
         self._metadata = metadata
+        self._request = request
+        self._responses = metadata[1].mode != "request"
         self._chunks: list[bytes] = []
         self._size = 0
         self._status: int | None = None
         self._content_type = "application/json"
         self._truncated = False
         self._done = False
+
+    def routed(self, revision: str) -> None:
+        """The revision the request went to (the events' `endpoint`)."""
+        info, policy, metadata = self._metadata
+        if revision and info.revision != revision:
+            self._metadata = (replace(info, revision=revision), policy, metadata)
 
     def wrap(self, send: Send) -> Send:
         """A send that passes every message on first, then notes what the client got (an append)."""
@@ -126,6 +133,11 @@ class Exchange:
         """Note one ASGI message sent to the client (no I/O, no await)."""
         if self._done:
             return
+        if self._request is not None:
+            self._queue_request()
+            if not self._responses:
+                self._done = True
+                return
         kind = message["type"]
         if kind == "http.response.start":
             self._status = int(message["status"])
@@ -146,8 +158,18 @@ class Exchange:
     def close(self) -> None:
         """The exchange is over (idempotent): if the response did not end normally (client gone, failure), log
         what was sent, marked incomplete."""
+        if self._request is not None:
+            self._queue_request()
         if not self._done:
-            self._finish(incomplete=True)
+            self._done = True
+            if self._responses:
+                self._finish(incomplete=True)
+
+    def _queue_request(self) -> None:
+        request, self._request = self._request, None
+        if request is not None:
+            request.info = self._metadata[0]
+            self._logger._enqueue(request)
 
     def _finish(self, *, incomplete: bool) -> None:
         self._done = True
@@ -165,6 +187,27 @@ class Exchange:
             incomplete=incomplete,
         )
         self._logger._enqueue(event)
+
+
+class LoggedSend:
+    """The client's ASGI `send` for a request whose service may log it: messages pass on at once; once
+    `exchange` is set (the service is known and logs payloads), each message is also noted by it, after the
+    client got it. Without an exchange it costs one call."""
+
+    __slots__ = ("_send", "exchange")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.exchange: Exchange | None = None
+
+    async def __call__(self, message: Message) -> None:
+        await self._send(message)
+        if self.exchange is not None:
+            self.exchange.observe(message)
+
+    def close(self) -> None:
+        if self.exchange is not None:
+            self.exchange.close()
 
 
 class PayloadLogger:
@@ -200,9 +243,11 @@ class PayloadLogger:
         headers: Iterable[tuple[bytes, bytes]],
         body: bytes,
         content_type: str = "application/json",
+        *,
+        defer_request: bool = False,
     ) -> Exchange | None:
-        """Start logging one exchange (sampled): queues the request event now; returns the Exchange that logs the
-        response, or None when nothing more is to be logged."""
+        """Start logging one exchange (sampled): queues the request event now (with `defer_request`: when the
+        response starts); returns the Exchange that logs the response, or None when nothing more is to be logged."""
         if policy.sample_rate < 1.0 and self.rng.random() >= policy.sample_rate:
             return None
         metadata: dict[str, list[str]] = {}
@@ -211,11 +256,30 @@ class PayloadLogger:
                 text = name.decode("latin-1")
                 if text in policy.metadata_headers and name not in SECRET_HEADERS:
                     metadata.setdefault(text, []).append(value.decode("latin-1"))
+        request = None
         if policy.mode in ("all", "request"):
-            self._enqueue(_Event(REQUEST_TYPE, info, policy, metadata, content_type, [body], time.time()))
+            request = _Event(REQUEST_TYPE, info, policy, metadata, content_type, [body], time.time())
+            if defer_request:
+                return Exchange(self, (info, policy, metadata), request)
+            self._enqueue(request)
         if policy.mode == "request":
             return None
         return Exchange(self, (info, policy, metadata))
+
+    def start(
+        self, service: ServiceInfo, request_id: bytes, headers: Iterable[tuple[bytes, bytes]], body: bytes
+    ) -> Exchange | None:
+        """`begin` for a request of `service` on the request path: None unless the service logs payloads (and
+        this exchange is sampled); the request event waits for the revision (`Exchange.routed`)."""
+        policy = service.logger
+        if policy is None:
+            return None
+        content_type = "application/json"
+        for name, value in headers:
+            if name == b"content-type":
+                content_type = value.decode("latin-1")
+        info = ExchangeInfo(request_id.decode("latin-1"), service.name, service.model_name, policy.namespace)
+        return self.begin(policy, info, headers, body, content_type, defer_request=True)
 
     def _enqueue(self, event: _Event) -> None:
         for target in event.policy.sinks:

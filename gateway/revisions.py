@@ -18,6 +18,7 @@ import hashlib
 import random
 from collections.abc import Callable, Collection, Sequence
 
+from llmserve.endpoints import Endpoint, ServiceInfo
 from llmserve.protocol.errors import ServingError
 from llmserve.traffic import LATEST_TAG, PREV_TAG, TrafficTarget
 
@@ -35,6 +36,30 @@ class RevisionPicker:
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self.rng = rng or random.Random()
+
+    def narrow(
+        self, service: ServiceInfo, endpoints: Sequence[Endpoint], *, pin: str | None, session: str | None
+    ) -> tuple[str, Sequence[Endpoint]]:
+        """The revision one request goes to and its ready replicas among `endpoints` (possibly none: the request
+        then waits for them). A service without a split (an older controller) keeps every endpoint."""
+        if not service.traffic:
+            return "", endpoints
+        by_revision: dict[str, list[Endpoint]] = {}
+        for endpoint in endpoints:
+            by_revision.setdefault(endpoint.revision, []).append(endpoint)
+        if len(by_revision) == 1 and not pin:  # the common case: one revision serves (or is the only one ready)
+            (only,) = by_revision
+            if any(t.revision == only and t.percent > 0 for t in service.traffic):
+                return only, endpoints
+        revision = self.pick(
+            service.name,
+            service.traffic,
+            pin=pin,
+            session=session,
+            serving=by_revision.__contains__,
+            known=by_revision.keys(),
+        )
+        return revision, by_revision.get(revision, ())
 
     def pick(
         self,

@@ -12,17 +12,27 @@ Per request of a service with a transformer, the dispatch path does:
 Failures: a replica that cannot be connected to -> `TransformerUnreachable` (502; the request never reached it,
 so another replica may take it); a hook's own error -> its status and message (4xx from `ClientError`, 500, 504);
 no answer within the timeout -> 504; anything malformed -> 502.
+
+`Transformers` is that sequence for the proxies: `begin()` picks one of the service's ready transformer replicas
+(round robin; with none ready the request waits in the activator, like a request for a service at zero), asks its
+hooks and preprocesses (a replica that cannot be reached is ejected and the next one tried), and returns the
+request's `TransformerHop`, whose `response()` wraps the predictor's 2xx response so that the relay sends the
+client the postprocessed body or the stream through the chunk hook.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+import itertools
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import orjson
 
+from gateway.activator import Activator, KeepAlive
+from gateway.ejection import EjectingView, Ejector
 from gateway.upstream import Headers, UpstreamError, UpstreamPool, UpstreamResponse
+from llmserve.endpoints import Endpoint, ServiceInfo
 from llmserve.protocol.errors import ServingError
 
 PATH_HEADER = b"x-llmserve-path"
@@ -155,10 +165,13 @@ class SSERewriter:
     next piece). Events whose data is a JSON object without "error" go through the hook, all of a piece's in one
     call; comments, `[DONE]` and error frames pass unchanged; an event the hook drops is left out."""
 
-    def __init__(self, client: TransformerClient, url: str, headers: Headers) -> None:
+    def __init__(
+        self, client: TransformerClient, url: str, headers: Headers, *, timeout_s: float | None = None
+    ) -> None:
         self.client = client
         self.url = url
         self.headers = headers
+        self.timeout_s = timeout_s
         self._partial = b""
 
     async def feed(self, piece: bytes) -> bytes:
@@ -174,7 +187,7 @@ class SSERewriter:
         hooked = [payload for payload in payloads if payload is not None]
         if not hooked:
             return complete
-        results = iter(await self.client.chunks(self.url, hooked, self.headers))
+        results = iter(await self.client.chunks(self.url, hooked, self.headers, timeout_s=self.timeout_s))
         out: list[bytes] = []
         for event, payload in zip(events, payloads, strict=True):
             if payload is None:
@@ -198,3 +211,145 @@ def _json_data(event: bytes) -> bytes | None:
     if not data.startswith(b"{") or data.startswith(b'{"error"'):
         return None
     return data
+
+
+# A whole body the postprocess hook can take, and a stream the chunk hook can.
+_EVENT_STREAM = b"text/event-stream"
+PLAIN_BINARY = b"inference-header-content-length"  # V2's binary tensor extension: not JSON, not transformed
+_GATEWAY_MARGIN_S = 5.0  # the gateway's limit of a hook call: the service's hook timeout plus this
+
+
+class TransformerHop:
+    """One request's transformer replica: its hooks, applied to the predictor's response by `response()`."""
+
+    __slots__ = ("client", "headers", "hooks", "timeout_s", "url")
+
+    def __init__(self, client: TransformerClient, url: str, hooks: Hooks, headers: Headers, timeout_s: float):
+        self.client = client
+        self.url = url
+        self.hooks = hooks
+        self.headers = headers
+        self.timeout_s = timeout_s
+
+    def response(self, response: UpstreamResponse) -> UpstreamResponse:
+        """The predictor's response as the client gets it: a 2xx JSON body through `postprocess`, a 2xx SSE
+        stream through `postprocess_chunk` event by event (each piece as soon as it is rewritten); anything else
+        (errors, hooks the class does not have, binary tensors) unchanged."""
+        if not 200 <= response.status < 300:
+            return response
+        content_type = response.header(b"content-type") or b"application/json"
+        if content_type.startswith(_EVENT_STREAM) and response.header(b"content-length") is None:
+            if not self.hooks.postprocess_chunk:
+                return response
+            rewriter = SSERewriter(self.client, self.url, self.headers, timeout_s=self.timeout_s)
+            return HookedResponse(response, _rewritten(response, rewriter))
+        if not self.hooks.postprocess or b"json" not in content_type or response.header(PLAIN_BINARY) is not None:
+            return response
+        return HookedResponse(response, self._postprocessed(response))
+
+    def _postprocessed(self, response: UpstreamResponse) -> Callable[[], Awaitable[bytes | None]]:
+        sent = False
+
+        async def next_chunk() -> bytes | None:
+            nonlocal sent
+            if sent:
+                return None
+            sent = True
+            try:
+                body = await response.read()
+            except UpstreamError as exc:
+                raise ServingError.upstream_failure(str(exc)) from None
+            return await self.client.postprocess(self.url, body, self.headers, timeout_s=self.timeout_s)
+
+        return next_chunk
+
+
+def _rewritten(response: UpstreamResponse, rewriter: SSERewriter) -> Callable[[], Awaitable[bytes | None]]:
+    ended = False
+
+    async def next_chunk() -> bytes | None:
+        nonlocal ended
+        while not ended:
+            piece = await response.next_chunk()
+            if piece is None:
+                ended = True
+                return rewriter.tail() or None
+            out = await rewriter.feed(piece)
+            if out:
+                return out
+        return None
+
+    return next_chunk
+
+
+class HookedResponse(UpstreamResponse):
+    """A predictor's response whose body comes through a transformer's hook: what the relay reads instead of the
+    original (status and headers are the original's, less its content-length)."""
+
+    __slots__ = ("_inner", "_next")
+
+    def __init__(self, inner: UpstreamResponse, next_chunk: Callable[[], Awaitable[bytes | None]]) -> None:
+        # Not UpstreamResponse.__init__: this response reads from `inner`, it has no connection of its own.
+        self._inner = inner
+        self._next = next_chunk
+        self.status = inner.status
+        self.headers = [(k, v) for k, v in inner.headers if k != b"content-length"]
+        self.received_any = inner.received_any
+
+    @property
+    def complete(self) -> bool:
+        return self._inner.complete
+
+    async def next_chunk(self) -> bytes | None:
+        return await self._next()
+
+    def abort(self) -> None:
+        self._inner.abort()
+
+
+class Transformers:
+    """The request path's access to services' transformer replicas (one per gateway process)."""
+
+    def __init__(self, endpoints: EjectingView, client: TransformerClient, activator: Activator, ejector: Ejector):
+        self.endpoints = endpoints
+        self.client = client
+        self.activator = activator
+        self.ejector = ejector
+        self._turn = itertools.count()
+
+    async def begin(
+        self,
+        service: ServiceInfo,
+        body: bytes,
+        client_headers: Iterable[tuple[bytes, bytes]],
+        path: str,
+        request_id: bytes,
+        keepalive: KeepAlive | None = None,
+    ) -> tuple[TransformerHop | None, bytes]:
+        """The request's hop (None: the service has no transformer) and the body to route (preprocessed)."""
+        if service.transformer_timeout_s is None:
+            return None, body
+        headers = hook_headers(client_headers, path, request_id)
+        timeout_s = service.transformer_timeout_s + _GATEWAY_MARGIN_S
+        tried: set[str] = set()
+        while True:
+            endpoint = await self._replica(service.name, tried, keepalive)
+            try:
+                hooks = await self.client.hooks(endpoint.url)
+                hop = TransformerHop(self.client, endpoint.url, hooks, headers, timeout_s)
+                if hooks.preprocess:
+                    body = await self.client.preprocess(endpoint.url, body, headers, timeout_s=timeout_s)
+                return hop, body
+            except TransformerUnreachable as exc:
+                tried.add(endpoint.url)
+                self.client.forget(endpoint.url)
+                self.ejector.eject(endpoint, f"unreachable: {exc.message}")
+                if len(tried) >= 3:
+                    raise
+
+    async def _replica(self, service: str, tried: set[str], keepalive: KeepAlive | None) -> Endpoint:
+        while True:
+            ready = [e for e in self.endpoints.transformer_endpoints(service) if e.url not in tried]
+            if ready:
+                return ready[next(self._turn) % len(ready)]
+            await self.activator.wait_for_replica(service, 0, keepalive)  # until the service's replicas change

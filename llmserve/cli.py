@@ -219,6 +219,13 @@ def _controller_arguments(parser: argparse.ArgumentParser, *, default_port: int,
         metavar="S",
         help="a replica that no controller owns stops itself after S seconds (a restarted controller adopts it first)",
     )
+    parser.add_argument(
+        "--revision-retire-after",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="a revision that lost its traffic keeps its replicas S seconds (a quick rollback), then they stop",
+    )
 
 
 def _client_arguments(parser: argparse.ArgumentParser) -> None:
@@ -493,13 +500,11 @@ def _print_service(service: dict[str, Any]) -> None:
         + (f"  autoscaler: {decision['mode']} -> {decision['desired']} ({decision['reason']})" if decision else "")
         + (f"  pull error: {service['pull_error']}" if service.get("pull_error") else "")
     )
-    for revision in service.get("revisions", []):
-        print(
-            f"  revision {revision['name']:<18} traffic={revision['traffic_percent']:>3}%  "
-            f"ready={revision['ready_replicas']}/{revision['replicas']}"
-            + (f"  failure: {revision['failure']}" if revision.get("failure") else "")
-        )
-    for replica in service.get("replicas", []):
+    from llmserve.revision_table import replicas_of, revision_lines
+
+    for line in revision_lines(service):
+        print(line)
+    for replica in replicas_of(service):
         print(
             f"  {replica['id']:<24} {replica['state']:<9} {replica['url'] or '-':<24} "
             f"pid={replica['pid']} restarts={replica['restarts']}"
@@ -555,6 +560,8 @@ def _control_plane(
     from controller.statedir import StateDir
     from llmserve.serving import is_loopback
 
+    if args.revision_retire_after < 0:
+        raise UsageError(f"--revision-retire-after: {args.revision_retire_after:g} is not a duration (0 or more)")
     if args.warm_pool < 0:
         raise UsageError(f"--warm-pool: {args.warm_pool} is not a pool size (0 or more)")
     if args.warm_pool and args.backend != "local":
@@ -573,6 +580,7 @@ def _control_plane(
         gateway_url=gateway_url,
         gateway_api_key=SecretStr(gateway_key) if gateway_key else None,
         worker_tracing=_worker_tracing(args),
+        revision_retire_after_s=args.revision_retire_after,
     )
     backend: Backend
     if args.backend == "ray":

@@ -12,11 +12,15 @@ New fields are always added with defaults: an older gateway ignores what it does
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from llmserve.payload_policy import LogPolicy
+from llmserve.traffic import TrafficTarget
+
 ServiceProtocol = Literal["openai", "v2"]
+Component = Literal["predictor", "transformer"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +32,7 @@ class Endpoint:
     url: str  # http://host:port, no trailing slash
     grpc_address: str | None = None  # host:port of its gRPC server (V2 runtimes)
     revision: str = ""  # the revision of the service it runs (a changed predictor is a new revision)
+    component: Component = "predictor"  # a transformer replica: the gateway calls its hooks, never routes to it
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +46,10 @@ class ServiceInfo:
     min_replicas: int = 1
     routing_profile: str | None = None  # None: the gateway's default profile
     tokenizer_dir: str | None = None  # the model directory, once pulled (token-aware routing reads it)
-    revision: str = ""  # the revision serving its traffic
+    revision: str = ""  # the revision serving (most of) its traffic
+    traffic: tuple[TrafficTarget, ...] = ()  # the split between revisions (empty: every endpoint, no split)
+    transformer_timeout_s: float | None = None  # set when it has a transformer: its hook timeout
+    logger: LogPolicy | None = None  # payload logging of its exchanges
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +61,7 @@ class Demand:
     held: int = 0  # requests the activator holds while no replica is ready
     held_tokens: int = 0
     arrived: int = 0  # requests received so far (a counter: arrivals between two reads show as an increase)
+    revisions: Mapping[str, Demand] = field(default_factory=dict)  # the same, per revision the requests went to
 
 
 NO_DEMAND = Demand()
@@ -60,6 +69,10 @@ NO_DEMAND = Demand()
 
 class DemandReader(Protocol):
     def demand(self, service: str) -> Demand: ...
+
+    def revision_demand(self, service: str, revision: str) -> Demand:
+        """One revision's share (revision "": demand reported without a revision, from older gateways)."""
+        ...
 
 
 Listener = Callable[[str], None]

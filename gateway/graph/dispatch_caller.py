@@ -3,6 +3,7 @@ path (gateway/dispatch.py `Dispatcher.send`): the service's routing profile pick
 counts the step as one of the service's requests (so autoscaling sees graph traffic), a service with no ready
 replica is woken and the step waits in the activator (503 + Retry-After at its deadline), a replica that refuses
 the connection is ejected and the step goes to another, and an engine that died is ejected with the gateway's 502.
+A service with a transformer is called through it, as KServe's router calls an InferenceService's URL.
 A serviceUrl step is called as written (`HttpStepCaller`, on the gateway's upstream pool).
 
 A step body the gateway's own route would refuse (an OpenAI body without `messages`, say) is answered as that
@@ -11,7 +12,7 @@ route would answer it (400 in OpenAI's envelope), so the graph's dependency rule
 
 from __future__ import annotations
 
-from gateway.dispatch import Dispatcher, Outbound
+from gateway.dispatch import Dispatcher, Outbound, next_request_id
 from gateway.graph.http_caller import HttpStepCaller, step_answer, step_headers
 from gateway.graph.steps import JSON_TYPE, Headers, StepAnswer, StepTarget
 from gateway.graph.targets import service_request
@@ -47,7 +48,11 @@ class DispatchStepCaller:
             return await self.direct(target, body, headers, stream)
         info = self._service(target)
         path, body = service_request(target.label, info.protocol, info.model_name, body, target.path)
+        transformers = self.dispatcher.deps.transformers
+        hop = None
         try:
+            if transformers is not None and info.transformer_timeout_s is not None:  # as KServe: via its transformer
+                hop, body = await transformers.begin(info, body, headers, path, next_request_id())
             ctx = self._context(info, path, body)
         except ServingError as refused:  # what the gateway's route for this body would answer
             return StepAnswer(refused.status, [(b"content-type", JSON_TYPE)], refused.render(path))
@@ -55,6 +60,8 @@ class DispatchStepCaller:
         held_tokens = ctx.body_size // 4 + (ctx.request.max_tokens or self.default_output_tokens)
         outbound = Outbound(b"POST", path.encode(), step_headers(headers), body)
         response, dispatched = await self.dispatcher.send(ctx, outbound, held_tokens=held_tokens)
+        if hop is not None:
+            response = hop.response(response)
         answer = await step_answer(response, target.label, stream, on_end=dispatched.release)
         if isinstance(answer.body, bytes):
             own = self.dispatcher.worker_error(dispatched.endpoint, answer.status, answer.body)

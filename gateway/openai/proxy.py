@@ -15,12 +15,17 @@ from gateway.dispatch import Dispatcher, Exchange, Outbound
 from gateway.fastpath import GatewayApp
 from gateway.graph.routes import GraphRoutes
 from gateway.ledger import Dispatched
+from gateway.payload_log import LoggedSend
 from gateway.routing import RouteContext
 from gateway.streaming import RelayStats, Reply, relay
+from gateway.transform import TransformerHop
 from gateway.upstream import UpstreamError, UpstreamResponse
 from llmserve.endpoints import ServiceInfo
 from llmserve.protocol.errors import ServingError
 from llmserve.protocol.openai import OpenAIRequest, parse_request
+from llmserve.traffic import REVISION_HEADER
+
+PIN_HEADER = REVISION_HEADER.encode()
 
 
 class OpenAIProxy:
@@ -45,8 +50,11 @@ class OpenAIProxy:
         self.endpoints = deps.endpoints
         self.settings = deps.settings
         self.session_header = deps.settings.session_header_bytes
+        self.transformers = deps.transformers
+        self.payload_log = deps.payload_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        send = logged = LoggedSend(send)  # payload logging sees what the client gets, after it got it
         exchange = self.dispatcher.exchange(scope, receive, send, self.route)
         reply = Reply(send, exchange.echo)
         stats: list[RelayStats] = []
@@ -67,14 +75,24 @@ class OpenAIProxy:
             exchange.span.resolved(model=service.model_name, service=service.name, stream=request.streamed)
             self.ledger.arrived(service.name)
             exchange.watch.start()
+            if self.payload_log is not None:
+                logged.exchange = self.payload_log.start(service, exchange.request_id, scope["headers"], body)
+            hop = None
+            if self.transformers is not None and service.transformer_timeout_s is not None:
+                keepalive = reply.keepalive if request.streamed else None
+                hop, body = await self.transformers.begin(
+                    service, body, scope["headers"], scope["path"], exchange.request_id, keepalive
+                )
+                request = parse_request(self.request_model, body)  # the transformed request is what is routed
             ctx = RouteContext(
                 service=service,
                 route=self.route,
                 request=request,
                 body_size=len(body),
                 session=_text(header(scope, self.session_header)),
+                pin=_text(header(scope, PIN_HEADER)),
             )
-            result = await self._forward(ctx, body, exchange, reply)
+            result = await self._forward(ctx, body, exchange, reply, hop, logged)
             stats.append(result)
             exchange.span.usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
             return result.status
@@ -85,10 +103,21 @@ class OpenAIProxy:
             else:
                 await send_error(send, err, scope["path"], reply.headers)
 
-        await exchange.run(handle, fail)
+        try:
+            await exchange.run(handle, fail)
+        finally:
+            logged.close()
         self._record(exchange, stats[0] if stats else None)
 
-    async def _forward(self, ctx: RouteContext, body: bytes, exchange: Exchange, reply: Reply) -> RelayStats:
+    async def _forward(
+        self,
+        ctx: RouteContext,
+        body: bytes,
+        exchange: Exchange,
+        reply: Reply,
+        hop: TransformerHop | None = None,
+        logged: LoggedSend | None = None,
+    ) -> RelayStats:
         keepalive = reply.keepalive if ctx.request.streamed else None
         held_tokens = ctx.body_size // 4 + (ctx.request.max_tokens or self.dispatcher.scheduler.default_output_tokens)
         outbound = Outbound(
@@ -99,6 +128,8 @@ class OpenAIProxy:
             ctx, outbound, held_tokens=held_tokens, keepalive=keepalive, span=span
         )
         exchange.revision = dispatched.endpoint.revision
+        if logged is not None and logged.exchange is not None:
+            logged.exchange.routed(dispatched.endpoint.revision)
 
         def first_chunk() -> None:
             dispatched.first_token()
@@ -107,6 +138,8 @@ class OpenAIProxy:
         try:
             if response.status >= 400:
                 return await self._relay_worker_error(ctx.service, response, dispatched, reply)
+            if hop is not None:
+                response = hop.response(response)
             gaps = self.metrics.inter_token(exchange.model, self.route) if ctx.request.streamed else None
             return await relay(response, reply, on_first_chunk=first_chunk, on_gap=gaps)
         finally:

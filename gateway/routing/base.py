@@ -37,6 +37,7 @@ class RouteContext:
     request: OpenAIRequest
     body_size: int = 0
     session: str | None = None
+    pin: str | None = None  # x-llmserve-revision: latest, prev or a revision's name
     tokens: array[int] | None = None  # the prompt's token ids, when a plugin needs them
     expected_tokens: int = 0  # prompt + expected output: the load this request adds
     scratch: dict[str, object] = field(default_factory=dict)  # per-request values plugins compute once

@@ -45,6 +45,7 @@ _CODE_OF_STATUS = {
     401: grpc.StatusCode.UNAUTHENTICATED,
     404: grpc.StatusCode.NOT_FOUND,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    501: grpc.StatusCode.UNIMPLEMENTED,
     502: grpc.StatusCode.UNAVAILABLE,
     503: grpc.StatusCode.UNAVAILABLE,
 }
@@ -173,6 +174,8 @@ class GrpcProxy:
             service = self.services.service(name)
             model, service_name = service.model_name, service.name
             span.resolved(model=model, service=service_name)
+            if service.transformer_timeout_s is not None and route == "grpc_infer":
+                raise ServingError(501, f"'{name}' has a transformer, which gRPC does not pass through: use REST.")
             self.dispatcher.ledger.arrived(service.name)
             reply = await self._call_replica(service, route, method, request, context, span)
             if isinstance(reply, aio.AioRpcError):

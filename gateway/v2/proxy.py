@@ -11,17 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gateway.asgi import Receive, Scope, Send, read_body
+from gateway.asgi import Receive, Scope, Send, header, read_body
 from gateway.dispatch import Dispatcher, Exchange, Outbound
+from gateway.payload_log import LoggedSend
 from gateway.upstream import Headers, UpstreamError, UpstreamResponse
 from gateway.v2.errors import method_not_allowed, not_found, send_v2_error
 from gateway.v2.paths import Target
 from gateway.v2.services import V2Services
 from llmserve.protocol.errors import ServingError
+from llmserve.traffic import REVISION_HEADER
 
 # Request headers forwarded to the runtime, and response headers relayed back (content-length is recomputed).
 FORWARDED = frozenset({b"content-type", b"content-encoding", b"inference-header-content-length", b"accept"})
 RELAYED = frozenset({b"content-type", b"inference-header-content-length"})
+TRANSFORMED_FORWARDED = frozenset({b"accept"})
+PIN_HEADER = REVISION_HEADER.encode()
 
 Parse = Callable[[str], Target | None]
 
@@ -33,9 +37,12 @@ class V2Proxy:
         self.ledger = dispatcher.ledger
         self.metrics = dispatcher.deps.metrics
         self.max_body_bytes = dispatcher.deps.settings.max_body_bytes
+        self.transformers = dispatcher.deps.transformers
+        self.payload_log = dispatcher.deps.payload_log
         self.parse = parse
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        send = logged = LoggedSend(send)  # payload logging sees what the client gets, after it got it
         path: str = scope["path"]
         method: str = scope["method"]
         target = self.parse(path)
@@ -55,12 +62,20 @@ class V2Proxy:
             exchange.span.resolved(model=service.model_name, service=service.name)
             self.ledger.arrived(service.name)
             exchange.watch.start()
+            if self.payload_log is not None and method == "POST":
+                logged.exchange = self.payload_log.start(service, exchange.request_id, scope["headers"], body)
+            hop = None
+            if self.transformers is not None and service.transformer_timeout_s is not None and method == "POST":
+                hop, body = await self.transformers.begin(service, body, scope["headers"], path, exchange.request_id)
             ctx = self.services.context(service, target.route, len(body))
-            outbound = self._outbound(scope, body, exchange)
+            ctx.pin = _text(header(scope, PIN_HEADER))
+            outbound = self._outbound(scope, body, exchange, transformed=hop is not None)
             response, dispatched = await self.dispatcher.send(ctx, outbound, span=exchange.span)
             exchange.revision = dispatched.endpoint.revision
+            if logged.exchange is not None:
+                logged.exchange.routed(dispatched.endpoint.revision)
             try:
-                detail = await _read(response)
+                detail = await _read(hop.response(response) if hop is not None else response)
                 own = self.dispatcher.worker_error(dispatched.endpoint, response.status, detail)
                 if own is not None:
                     raise own
@@ -72,14 +87,21 @@ class V2Proxy:
         async def fail(err: ServingError) -> None:
             await send_v2_error(send, err, echo)
 
-        await exchange.run(handle, fail)
+        try:
+            await exchange.run(handle, fail)
+        finally:
+            logged.close()
         self.metrics.observe(
             exchange.model, target.route, exchange.status, exchange.elapsed(), exchange.service, exchange.revision
         )
 
     @staticmethod
-    def _outbound(scope: Scope, body: bytes, exchange: Exchange) -> Outbound:
-        headers: Headers = [(name, value) for name, value in scope["headers"] if name in FORWARDED]
+    def _outbound(scope: Scope, body: bytes, exchange: Exchange, *, transformed: bool = False) -> Outbound:
+        """The request for the runtime; a body the transformer rewrote is plain JSON (its encoding is gone)."""
+        forwarded = TRANSFORMED_FORWARDED if transformed else FORWARDED
+        headers: Headers = [(name, value) for name, value in scope["headers"] if name in forwarded]
+        if transformed:
+            headers.append((b"content-type", b"application/json"))
         headers.append((b"x-request-id", exchange.request_id))
         path: bytes = scope.get("raw_path") or scope["path"].encode()
         if scope.get("query_string"):
@@ -101,3 +123,7 @@ async def _send_whole(status: int, upstream_headers: Headers, body: bytes, send:
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
     return status
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value else None

@@ -32,7 +32,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmserve.endpoints import Demand, Endpoint, ServiceInfo
+from llmserve.payload_policy import LogPolicy
 from llmserve.spec.graph import InferenceGraph
+from llmserve.traffic import TrafficTarget
 
 PREFIX = "/control/v1"
 WATCH_CONTENT_TYPE = "application/x-ndjson"
@@ -45,12 +47,20 @@ _ENDPOINT_FIELDS = frozenset(f.name for f in dataclasses.fields(Endpoint))
 
 
 def encode_service(info: ServiceInfo) -> dict[str, Any]:
-    return dataclasses.asdict(info)
+    data = dataclasses.asdict(info)  # the traffic split's targets become objects
+    data["logger"] = info.logger.as_dict() if info.logger is not None else None
+    return data
 
 
 def decode_service(data: Mapping[str, Any]) -> ServiceInfo:
-    """A ServiceInfo from the wire; fields this side does not know (a newer controller) are ignored."""
-    return ServiceInfo(**{k: v for k, v in data.items() if k in _SERVICE_FIELDS})
+    """A ServiceInfo from the wire; fields this side does not know (a newer controller) are ignored, nested ones
+    (the traffic split, the logger policy) become their types again."""
+    known = {k: v for k, v in data.items() if k in _SERVICE_FIELDS}
+    if "traffic" in known:
+        known["traffic"] = tuple(TrafficTarget.from_dict(t) for t in known["traffic"] or ())
+    if known.get("logger") is not None:
+        known["logger"] = LogPolicy.from_dict(known["logger"])
+    return ServiceInfo(**known)
 
 
 def encode_endpoint(endpoint: Endpoint) -> dict[str, Any]:
@@ -74,8 +84,8 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ServiceDemand(_Wire):
-    """One service's demand as one gateway sees it (llmserve.endpoints.Demand on the wire)."""
+class RevisionDemand(_Wire):
+    """Demand as one gateway sees it: a service's, or one revision's share of it."""
 
     in_flight: int = Field(default=0, ge=0, description="Requests dispatched to replicas, response not ended.")
     in_flight_tokens: int = Field(default=0, ge=0, description="Their prompt + expected output tokens.")
@@ -84,17 +94,35 @@ class ServiceDemand(_Wire):
     arrived: int = Field(default=0, ge=0, description="Requests received since the gateway started (a counter).")
 
     @classmethod
+    def counts(cls, demand: Demand) -> dict[str, int]:
+        return {
+            "in_flight": max(0, demand.in_flight),
+            "in_flight_tokens": max(0, demand.in_flight_tokens),
+            "held": max(0, demand.held),
+            "held_tokens": max(0, demand.held_tokens),
+            "arrived": max(0, demand.arrived),
+        }
+
+
+class ServiceDemand(RevisionDemand):
+    """One service's demand as one gateway sees it (llmserve.endpoints.Demand on the wire)."""
+
+    revisions: dict[str, RevisionDemand] = Field(
+        default_factory=dict,
+        description="The same per revision the requests went to (optional: older gateways do not send it).",
+    )
+
+    @classmethod
     def of(cls, demand: Demand) -> ServiceDemand:
-        return cls(
-            in_flight=max(0, demand.in_flight),
-            in_flight_tokens=max(0, demand.in_flight_tokens),
-            held=max(0, demand.held),
-            held_tokens=max(0, demand.held_tokens),
-            arrived=max(0, demand.arrived),
-        )
+        revisions = {name: RevisionDemand(**RevisionDemand.counts(d)) for name, d in demand.revisions.items()}
+        return cls(**cls.counts(demand), revisions=revisions)
 
     def demand(self) -> Demand:
-        return Demand(self.in_flight, self.in_flight_tokens, self.held, self.held_tokens, self.arrived)
+        revisions = {
+            name: Demand(d.in_flight, d.in_flight_tokens, d.held, d.held_tokens, d.arrived)
+            for name, d in self.revisions.items()
+        }
+        return Demand(self.in_flight, self.in_flight_tokens, self.held, self.held_tokens, self.arrived, revisions)
 
 
 class DemandReport(_Wire):

@@ -59,3 +59,36 @@ class FailsToLoad(Transformer):
 
     async def preprocess(self, request: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
         return request
+
+
+class Marker(Transformer):
+    """For services behind a transformer, end to end: caps `max_tokens` (the predictor's answer shows it got the
+    transformed request), marks whole answers and each streamed chunk with `tag`; a top-level `crash` or `reject`
+    in a request makes preprocess fail, an `x-fail-chunk` header the chunk hook."""
+
+    def __init__(self, tag: str = "marked", max_tokens: int = 2) -> None:
+        self.tag = tag
+        self.max_tokens = max_tokens
+
+    async def preprocess(self, request: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+        if "reject" in request:
+            raise ClientError(f"rejected: {request['reject']}", status=422, code="bad_prompt")
+        if "crash" in request:
+            raise RuntimeError(f"boom {request['crash']}")
+        if "max_tokens" in request:
+            request["max_tokens"] = min(int(request["max_tokens"]), self.max_tokens)
+        return request
+
+    async def postprocess(self, response: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+        return {**response, "transformed_by": self.tag}
+
+    async def postprocess_chunk(self, chunk: dict[str, Any], headers: dict[str, str]) -> dict[str, Any] | None:
+        if "x-fail-chunk" in headers:
+            raise RuntimeError("chunk boom")
+        return {**chunk, "transformed_by": self.tag}
+
+
+class WholeOnly(Marker):
+    """Marker without a chunk hook: streams pass unchanged."""
+
+    postprocess_chunk = Transformer.postprocess_chunk  # type: ignore[assignment]

@@ -65,6 +65,21 @@ class Up:
     def replicas(self, service: str) -> list[dict[str, Any]]:
         return list(self.service(service)["replicas"])
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`llmserve ARGS` against this controller (apply, get, delete...), as a user runs it."""
+        assert self.state_dir is not None
+        return subprocess.run(
+            [sys.executable, "-m", "llmserve", *args, "--controller", self.control_url, "--state-dir",
+             str(self.state_dir)],
+            capture_output=True, text=True, cwd=REPO, timeout=60, check=False,
+        )  # fmt: skip
+
+    def apply(self, config: Path) -> str:
+        """`llmserve apply -f config`; what it printed (it must succeed)."""
+        done = self.cli("apply", "-f", str(config))
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
     def wait_ready(self, within_s: float) -> None:
         """Until /ready says every service that should be up has a ready replica."""
         self.wait(lambda: httpx.get(f"{self.url}/ready", timeout=5).status_code == 200, within_s, "/ready")

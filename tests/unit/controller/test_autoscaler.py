@@ -33,6 +33,9 @@ class FakeDemand:
     def demand(self, service: str) -> Demand:
         return self.now
 
+    def revision_demand(self, service: str, revision: str) -> Demand:
+        return self.now if revision == "" else Demand()  # as an older gateway reports it: unattributed
+
 
 class Clock:
     def __init__(self) -> None:

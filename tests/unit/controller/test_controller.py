@@ -37,6 +37,7 @@ FAST = ControllerSettings(
     stop_grace_s=0.1,
     pull_retry_s=0.05,
     drain_s=0,
+    revision_retire_after_s=0,
 )
 
 
@@ -207,7 +208,11 @@ async def test_a_changed_predictor_rolls_out_only_once_the_new_revision_is_ready
     new.healthy = True
     await until(lambda: [e.url for e in harness.registry.ready_endpoints("chat")] == [new.url])
     await until(lambda: not old.running())  # drained and stopped once it had no traffic
-    assert [r["name"] for r in harness.controller.status()[0]["revisions"]] == ["chat-00002"]
+    revisions = harness.controller.status()[0]["revisions"]  # the old one is remembered (a rollback by name)
+    assert [(r["name"], r["state"], r["traffic_percent"], r["replicas"]) for r in revisions] == [
+        ("chat-00001", "retired", 0, 0),
+        ("chat-00002", "ready", 100, 1),
+    ]
 
 
 async def test_a_change_that_keeps_the_template_applies_in_place(harness: Harness) -> None:

@@ -58,3 +58,18 @@ def test_a_replica_restarted_at_another_address_is_used_at_once() -> None:
     restarted = Endpoint("chat", A.replica_id, "http://a:2")
     registry.publish(restarted)
     assert restarted in endpoints.ready_endpoints("chat")
+
+
+def test_transformer_replicas_are_read_apart_from_the_predictor_s() -> None:
+    registry = EndpointRegistry()
+    registry.declare_service(ServiceInfo(name="chat", model_name="chat"))
+    predictor = Endpoint("chat", "chat-00001-0", "http://p:1")
+    transformer = Endpoint("chat", "chat-transformer-0", "http://t:1", component="transformer")
+    registry.set_endpoints("chat", (predictor, transformer))
+    ejector = Ejector()
+    view = EjectingView(registry, ejector)
+    assert view.ready_endpoints("chat") == (predictor,)  # what requests are routed to
+    assert view.transformer_endpoints("chat") == (transformer,)
+    ejector.eject(transformer, "unreachable")
+    assert view.transformer_endpoints("chat") == ()
+    assert view.ready_endpoints("chat") == (predictor,)

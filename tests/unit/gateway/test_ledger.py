@@ -60,3 +60,19 @@ def test_scrapes_and_forgetting_gone_replicas() -> None:
     busy.release()
     ledger.forget_except(set())
     assert ledger.loads == {}
+
+
+def test_demand_is_also_counted_per_revision() -> None:
+    ledger = LoadLedger()
+    v1 = Endpoint("chat", "chat-00001-0", "http://a:1", revision="chat-00001")
+    v2 = Endpoint("chat", "chat-00002-0", "http://b:1", revision="chat-00002")
+    first, second = ledger.dispatch(v1, tokens=10), ledger.dispatch(v2, tokens=30)
+    ledger.hold("chat", 5, "chat-00002")
+    demand = ledger.demand("chat")
+    assert (demand.in_flight, demand.held) == (2, 1)
+    assert (demand.revisions["chat-00001"].in_flight, demand.revisions["chat-00001"].arrived) == (1, 1)
+    assert (demand.revisions["chat-00002"].in_flight_tokens, demand.revisions["chat-00002"].held_tokens) == (30, 5)
+    first.release()
+    second.release()
+    ledger.unhold("chat", 5, "chat-00002")
+    assert all(d.in_flight == d.held == 0 for d in ledger.demand("chat").revisions.values())

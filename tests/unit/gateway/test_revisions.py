@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 
 from gateway.revisions import RevisionPicker, session_point
+from llmserve.endpoints import Endpoint, ServiceInfo
 from llmserve.protocol.errors import ServingError
 from llmserve.traffic import LATEST_TAG, PREV_TAG, TrafficTarget
 
@@ -109,3 +110,24 @@ def test_an_empty_split_is_a_clear_503() -> None:
     with pytest.raises(ServingError) as info:
         RevisionPicker().pick("chat", ())
     assert info.value.status == 503
+
+
+def test_narrow_keeps_the_endpoints_of_the_revision_a_request_goes_to() -> None:
+    service = ServiceInfo(name="chat", model_name="chat", traffic=CANARY)
+    old = [Endpoint("chat", f"chat-00001-{i}", f"http://o{i}:1", revision="chat-00001") for i in range(2)]
+    new = [Endpoint("chat", "chat-00002-0", "http://n:1", revision="chat-00002")]
+    picker = RevisionPicker(random.Random(3))
+    counts: Counter[str] = Counter()
+    for _ in range(1000):
+        revision, endpoints = picker.narrow(service, [*old, *new], pin=None, session=None)
+        assert {e.revision for e in endpoints} == {revision}
+        counts[revision] += 1
+    assert abs(counts["chat-00002"] / 1000 - 0.2) < 0.05
+    assert picker.narrow(service, [*old, *new], pin="latest", session=None) == ("chat-00002", new)
+    # The canary has no ready replica: everything goes to the revision that has (fail-open), at no extra cost.
+    assert picker.narrow(service, old, pin=None, session=None) == ("chat-00001", old)
+    # Pinned to a revision with none ready: no endpoints (the request waits for them).
+    assert picker.narrow(service, old, pin="latest", session=None) == ("chat-00002", ())
+    # No split known (an older controller): every endpoint.
+    legacy = ServiceInfo(name="chat", model_name="chat")
+    assert picker.narrow(legacy, [*old, *new], pin="latest", session=None) == ("", [*old, *new])
