@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from llmserve.spec import InferenceService
+if TYPE_CHECKING:  # the data plane reads policies without loading the spec models (pydantic)
+    from llmserve.spec import InferenceService
 
 Mode = Literal["all", "request", "response"]
 

@@ -125,14 +125,8 @@ def binary() -> str:
 def chromium_page() -> Iterator[Page]:
     """A fresh headless Chromium (own profile dir) with one page whose Runtime, Log and Page domains are on."""
     with tempfile.TemporaryDirectory(prefix="llmserve-chromium-") as profile:
-        process = subprocess.Popen(
-            [binary(), *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        process, endpoint = _start(profile)
         try:
-            endpoint = _devtools_url(process)
             with connect(endpoint, max_size=64 * 1024 * 1024, open_timeout=30) as ws:
                 ws.send(json.dumps({"id": 1, "method": "Target.createTarget", "params": {"url": "about:blank"}}))
                 target = _answer(ws, 1)["targetId"]
@@ -151,6 +145,28 @@ def chromium_page() -> Iterator[Page]:
                 process.wait(5)
             if process.stderr is not None:
                 process.stderr.close()
+
+
+def _start(profile: str, attempts: int = 3) -> tuple[subprocess.Popen[str], str]:
+    """Chromium and its DevTools endpoint. On a loaded machine it now and then exits before printing the endpoint
+    (its launcher script and dbus complaining, then nothing): such a start is tried again, a few times at most."""
+    for attempt in range(attempts):
+        process = subprocess.Popen(
+            [binary(), *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            return process, _devtools_url(process)
+        except AssertionError:
+            process.kill()
+            process.wait(5)
+            if process.stderr is not None:
+                process.stderr.close()
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _devtools_url(process: subprocess.Popen[str]) -> str:
