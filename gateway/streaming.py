@@ -185,7 +185,8 @@ def _whole_frames(data: bytes) -> tuple[bytes, bytes]:
     past _MAX_PARTIAL is passed on as it is (a worker that never ends its events is still relayed)."""
     if data.endswith(b"\n\n"):
         return data, b""
-    end = max(data.rfind(b"\n\n") + 2, data.rfind(b"\r\n\r\n") + 4, 0)
+    lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+    end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
     if len(data) - end > _MAX_PARTIAL:
         return data, b""
     return data[:end], data[end:]
