@@ -28,6 +28,7 @@ from gateway.openai.chat_completions import attach_router as attach_chat_complet
 from gateway.openai.completions import attach_router as attach_completions
 from gateway.openai.embeddings import attach_router as attach_embeddings
 from gateway.openai.models import attach_router as attach_models
+from gateway.openapi import attach_openapi
 from gateway.payload_log import PayloadLogCollector, PayloadLogger
 from gateway.recent_errors import RecentErrors
 from gateway.routing import Scheduler, SignalScraper, load_profiles
@@ -146,6 +147,7 @@ def build_gateway(
         api_keys=[key.get_secret_value() for key in settings.api_keys],
     )
     errors.install_error_handlers(app)
+    attach_openapi(app)
     graph_routes = attach_graphs(app, dispatcher, graphs or StaticGraphs())
     attach_chat_completions(app, dispatcher, graph_routes)
     attach_completions(app, dispatcher)

@@ -15,7 +15,6 @@ import os
 import secrets
 import socket
 
-import uvicorn
 from prometheus_client.registry import Collector
 
 from gateway.app import Gateway, build_gateway
@@ -24,6 +23,7 @@ from gateway.reporting import DemandReporter
 from gateway.settings import ControlLinkSettings, GatewaySettings
 from gateway.watch import WatchedEndpoints
 from llmserve.control import ControlClient
+from llmserve.frontdoor import uvicorn_config
 from llmserve.serving import ManagedServer, bind_socket
 
 log = logging.getLogger("llmserve.gateway")
@@ -74,9 +74,9 @@ class DataPlane:
         self.port = int(sock.getsockname()[1])
         self.watch.start()
         self.reporter.start()
-        config = uvicorn.Config(
+        config = uvicorn_config(
             self.gateway.app,
-            http="httptools",
+            front_door=self.settings.front_door,
             access_log=self.settings.access_log,
             log_level="warning",
             timeout_graceful_shutdown=5,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from gateway.tracing import TracingSettings
+from llmserve.frontdoor import FrontDoorSettings
 
 
 class GatewaySettings(BaseModel):
@@ -63,6 +64,12 @@ class GatewaySettings(BaseModel):
         description="How long a replica that could not be reached (or whose engine died) is left out of rotation on "
         "this gateway; doubled each time it happens again, at most 60 s. A restarted replica (a new address) is used "
         "at once.",
+    )
+
+    front_door: FrontDoorSettings = Field(
+        default_factory=FrontDoorSettings,
+        description="Connection limits of the HTTP port (header size and count, head and body read deadlines, the "
+        "connection cap) and of the gRPC port (metadata size, handshake deadline); llmserve/frontdoor.py.",
     )
 
     tracing: TracingSettings = Field(

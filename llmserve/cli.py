@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from gateway.run import DataPlane
     from gateway.settings import GatewaySettings
     from gateway.tracing import TracingSettings
+    from llmserve.frontdoor import FrontDoorSettings
     from llmserve.workers.tracing import WorkerTracing
 
 log = logging.getLogger("llmserve")
@@ -50,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if getattr(args, "subparser", None) is not None:
+        _front_door(args)  # a bad connection limit is a usage error before anything starts
     try:
         return int(args.handler(args))
     except (SpecError, StorageError, UsageError) as exc:
@@ -70,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("-f", "--file", default="configs/quickstart.yaml", help="InferenceService / InferenceGraph YAML")
     _gateway_arguments(up)
     _controller_arguments(up, default_port=DEFAULT_CONTROL_PORT, port_flag="--control-port")
-    up.set_defaults(handler=_cmd_up)
+    up.set_defaults(handler=_cmd_up, subparser=up)
 
     ct = sub.add_parser("controller", help="run the control plane: workers, autoscaler, the control API")
     ct.add_argument(
@@ -90,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="on SIGTERM / Ctrl-C, leave the replicas running for the next controller to adopt",
     )
-    ct.set_defaults(handler=_cmd_controller)
+    _front_door_arguments(ct)
+    ct.set_defaults(handler=_cmd_controller, subparser=ct)
 
     gw = sub.add_parser("gateway", help="run the data plane: the OpenAI / V2 gateway, following a controller")
     gw.add_argument(
@@ -104,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--workers", type=int, default=1, help="gateway processes sharing the port (SO_REUSEPORT)")
     gw.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     _gateway_arguments(gw)
-    gw.set_defaults(handler=_cmd_gateway)
+    gw.set_defaults(handler=_cmd_gateway, subparser=gw)
 
     ap = sub.add_parser("apply", help="create or change the services and graphs of a file in a running controller")
     ap.add_argument("-f", "--file", required=True, help="InferenceService / InferenceGraph YAML")
@@ -174,6 +178,20 @@ def _gateway_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--default-routing-profile", default="token-aware", help="for services that name none")
     _tracing_argument(parser, "OTLP collector for the gateway's request spans (vLLM replicas started by `up` too)")
+    _front_door_arguments(parser)
+
+
+def _front_door_arguments(parser: argparse.ArgumentParser) -> None:
+    """The connection limits of every HTTP port the command opens (`up`: the gateway's and the control API's)."""
+    from llmserve.frontdoor import add_front_door_arguments
+
+    add_front_door_arguments(parser)
+
+
+def _front_door(args: argparse.Namespace) -> FrontDoorSettings:
+    from llmserve.frontdoor import front_door_from_args
+
+    return front_door_from_args(args.subparser, args)
 
 
 def _tracing_argument(parser: argparse.ArgumentParser, what: str) -> None:
@@ -529,6 +547,7 @@ def _gateway_settings(args: argparse.Namespace) -> GatewaySettings:
         access_log=args.access_log,
         routing_profiles_dir=str(args.routing_profiles) if args.routing_profiles else None,
         default_routing_profile=args.default_routing_profile,
+        front_door=_front_door(args),
     )
 
 
@@ -597,7 +616,15 @@ def _control_plane(
         backend = LocalBackend(
             settings.replica_host, args.log_dir, warm_pool=pool, leases=leases, python=settings.python
         )
-    return ControlPlane(backend, settings, host=host, port=args.control_port, token=token, state_dir=state_dir)
+    return ControlPlane(
+        backend,
+        settings,
+        host=host,
+        port=args.control_port,
+        token=token,
+        state_dir=state_dir,
+        front_door=_front_door(args),
+    )
 
 
 def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:

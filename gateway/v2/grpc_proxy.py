@@ -32,6 +32,7 @@ from gateway.v2.channels import ChannelCache
 from gateway.v2.server import EXTENSIONS, NAME, VERSION, not_ready_message
 from gateway.v2.services import V2Services
 from llmserve.endpoints import ServiceInfo
+from llmserve.frontdoor import grpc_server_options
 from llmserve.protocol.errors import ServingError
 from llmserve.protocol.v2_grpc import open_inference_grpc_pb2 as pb
 
@@ -92,7 +93,7 @@ class GrpcProxy:
         )
         server = aio.server(
             options=[
-                ("grpc.max_receive_message_length", limit),
+                *grpc_server_options(self.deps.settings.front_door, max_message_bytes=limit),
                 ("grpc.max_send_message_length", -1),
                 # A port in use is an error, unless several gateway processes share the port on purpose.
                 ("grpc.so_reuseport", 1 if self.deps.settings.reuse_port else 0),
