@@ -5,7 +5,9 @@ it: gateway/revisions.py; the scheduler chooses among them; the load ledger coun
 released) and sends it. With no ready replica the request waits in the activator. A
 replica the request never reached (connection refused or reset before any byte) is ejected on this gateway and the
 request goes to another replica, or waits in the activator until one is ready again: nothing that reached a worker is
-sent twice. A worker that answers that its engine is dead is ejected too, and the client gets the gateway's 502.
+sent twice. A worker's error answer is turned into what the client sees by the error policy (gateway/worker_errors.py:
+the request's fault in the worker's cleaned words, anything else in the gateway's); a worker that answers that its
+engine is dead is ejected too, and the client gets the gateway's 502.
 
 `Exchange` is the client's side of one request, the skeleton both proxies share: how a failure becomes a response
 (before the response started, or as one error frame after), client disconnects (499; the upstream is aborted), and
@@ -37,6 +39,7 @@ from gateway.streaming import DisconnectWatch
 from gateway.tracing import NO_REQUEST_SPAN, NO_TRACING, RequestSpan, RequestTracer
 from gateway.transform import Transformers
 from gateway.upstream import Headers, UpstreamError, UpstreamPool, UpstreamResponse
+from gateway.worker_errors import WorkerError, WorkerErrorKind, rewrite_stream_errors, worker_error
 from llmserve.endpoints import Endpoint, EndpointReader
 from llmserve.protocol.errors import ServingError
 
@@ -46,18 +49,11 @@ UNKNOWN_MODEL = "__unknown__"  # metrics label for requests naming no served mod
 CLIENT_CLOSED = 499
 _ID_PREFIX = os.urandom(6).hex()
 _ID_COUNTER = itertools.count(1)
-# What vLLM answers (HTTP 500) once its engine core has died; the replica will not recover by itself.
-_ENGINE_DEAD = (b"EngineCore encountered an issue", b"EngineDeadError", b"Engine loop is not running")
 
 
 def next_request_id() -> bytes:
     """Unique per process start (random prefix) and cheap (a counter): no uuid4 on the hot path."""
     return f"{_ID_PREFIX}{next(_ID_COUNTER):010x}".encode()
-
-
-def engine_dead(status: int, body: bytes) -> bool:
-    """Whether a worker's error response says its engine is dead (vLLM's EngineDeadError)."""
-    return status >= 500 and any(marker in body for marker in _ENGINE_DEAD)
 
 
 @dataclass(frozen=True)
@@ -179,18 +175,31 @@ class Dispatcher:
                 dispatched.release()
                 raise
 
-    def worker_error(self, endpoint: Endpoint, status: int, body: bytes) -> ServingError | None:
-        """A worker error the gateway answers itself: engine dead → the replica is ejected, 502 + Retry-After."""
-        if not engine_dead(status, body):
+    def worker_error(
+        self, endpoint: Endpoint, status: int, body: bytes, *, path: str = "", model: str | None = None
+    ) -> WorkerError | None:
+        """A worker's error answer (None below 400) classified by the error policy: `error` is what the client
+        sees, the worker's own text goes to the log; an engine that died gets its replica ejected."""
+        if status < 400:
             return None
-        log.warning("replica %s: engine dead (HTTP %d); ejected", endpoint.replica_id, status)
-        self.ejector.eject(endpoint, "engine dead")
-        return ServingError(
-            502,
-            "The model worker failed and is being replaced; retry the request.",
-            code="upstream_error",
-            headers={"retry-after": str(self.retry_after_s)},
-        )
+        failure = worker_error(status, body, path=path, model=model, retry_after_s=self.retry_after_s)
+        self._worker_failed(endpoint, failure, status)
+        return failure
+
+    def worker_stream_errors(self, endpoint: Endpoint, chunk: bytes, *, path: str, model: str | None) -> bytes:
+        """A stream's chunk with the error events the worker sent mid-stream in the gateway's words (policy)."""
+        chunk, failures = rewrite_stream_errors(chunk, path=path, model=model)
+        for failure in failures:
+            self._worker_failed(endpoint, failure, failure.error.status)
+        return chunk
+
+    def _worker_failed(self, endpoint: Endpoint, failure: WorkerError, status: int) -> None:
+        if failure.kind is WorkerErrorKind.ENGINE_DEAD:
+            log.warning("replica %s: engine dead (HTTP %d: %s); ejected", endpoint.replica_id, status,
+                        failure.worker_message)  # fmt: skip
+            self.ejector.eject(endpoint, "engine dead")
+        elif failure.kind is not WorkerErrorKind.CLIENT:
+            log.info("replica %s answered HTTP %d: %s", endpoint.replica_id, status, failure.worker_message)
 
 
 def observe_decision(ctx: RouteContext, endpoint: Endpoint, metrics: GatewayMetrics, span: RequestSpan) -> None:
