@@ -685,8 +685,9 @@ class Controller:
         self._loop_task = asyncio.get_running_loop().create_task(self._reconcile_forever(), name="reconciler")
 
     async def stop(self, *, keep_workers: bool = False) -> None:
-        """Stop every replica (no orphans) and the loop; with `keep_workers`, leave the replicas running for the
-        next controller to adopt (their leases run out if none does)."""
+        """Stop every replica (no orphans), each drained first (settings.drain_s), and the loop; with
+        `keep_workers`, leave the replicas running for the next controller to adopt (their leases run out if none
+        does)."""
         self._closed = True
         if self._loop_task is not None:
             self._loop_task.cancel()
@@ -698,7 +699,7 @@ class Controller:
                 if revision.pulling is not None:
                     revision.pulling.cancel()
             for replica in state.supervised():
-                stops.append(replica.detach() if keep_workers else replica.stop())
+                stops.append(replica.detach() if keep_workers else replica.stop(self.settings.drain_s))
         await asyncio.gather(*stops, *self._retiring, return_exceptions=True)
         if keep_workers:
             await self.backend.release()

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from gateway import errors
 from gateway.activator import Activator, ActivatorSettings
 from gateway.dispatch import DispatchDeps, Dispatcher
+from gateway.drain import Drain
 from gateway.ejection import EjectingView, Ejector, OnEject
 from gateway.fastpath import GatewayApp
 from gateway.graph.routes import GraphRoutes, attach_graphs
@@ -63,6 +64,7 @@ class Gateway:
     graphs: GraphRoutes | None = field(default=None)  # the InferenceGraphs it serves
     tracer: RequestTracer | None = field(default=None)
     errors: RecentErrors | None = field(default=None)  # the last 5xx answers (the status page shows them)
+    drain: Drain = field(default_factory=Drain)  # the requests in flight; DataPlane.stop() drains them
 
 
 def build_gateway(
@@ -113,10 +115,11 @@ def build_gateway(
     )
     payload_log = PayloadLogger(secrets=[key.get_secret_value() for key in settings.api_keys])
     transformers = Transformers(view, TransformerClient(pool), activator, ejector)
+    drain = Drain()
     dispatcher = Dispatcher(
         DispatchDeps(
             view, scheduler, ledger, pool, activator, ejector, metrics, settings, tracer, recent_errors,
-            transformers=transformers, payload_log=payload_log,
+            transformers=transformers, payload_log=payload_log, drain=drain,
         )
     )  # fmt: skip
     metrics.registry.register(LedgerCollector(ledger, view))
@@ -154,7 +157,7 @@ def build_gateway(
     attach_embeddings(app, dispatcher)
     attach_models(app, view, graph_routes.exposed_models)
     attach_v2(app, dispatcher)
-    attach_health(app, view, metrics, readiness)
+    attach_health(app, view, metrics, _draining_or(drain, readiness))
     if controller_status is not None:
         from gateway.ui import status_page
         from gateway.ui.source import GatewayStatus
@@ -164,8 +167,17 @@ def build_gateway(
     for extend in extensions:
         extend(app)
     gateway = Gateway(app, ledger, scheduler, activator, ejector, view, metrics, pool, graphs=graph_routes,
-                      tracer=tracer, errors=recent_errors)  # fmt: skip
+                      tracer=tracer, errors=recent_errors, drain=drain)  # fmt: skip
     return gateway
+
+
+def _draining_or(drain: Drain, readiness: Readiness | None) -> Readiness:
+    """/ready fails while the process drains, else for the caller's reason (if any)."""
+
+    def blocked() -> str | None:
+        return drain.readiness() or (readiness() if readiness is not None else None)
+
+    return blocked
 
 
 def create_app(

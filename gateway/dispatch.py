@@ -10,8 +10,8 @@ the request's fault in the worker's cleaned words, anything else in the gateway'
 engine is dead is ejected too, and the client gets the gateway's 502.
 
 `Exchange` is the client's side of one request, the skeleton both proxies share: how a failure becomes a response
-(before the response started, or as one error frame after), client disconnects (499; the upstream is aborted), and
-unexpected errors (500, logged).
+(before the response started, or as one error frame after), client disconnects (499; the upstream is aborted),
+unexpected errors (500, logged), and the end of a graceful drain (gateway/drain.py: 503, or an error frame).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from gateway.activator import Activator, KeepAlive
 from gateway.asgi import ClientDisconnected, Receive, Scope, Send, header
+from gateway.drain import Drain, shutting_down
 from gateway.ejection import Ejector
 from gateway.ledger import Dispatched, LoadLedger
 from gateway.metrics import GatewayMetrics
@@ -73,6 +74,7 @@ class DispatchDeps:
     revisions: RevisionPicker = field(default_factory=RevisionPicker)  # the traffic split, per request
     transformers: Transformers | None = None  # hooks around dispatch, for services with a transformer
     payload_log: PayloadLogger | None = None  # for services with a logger
+    drain: Drain = field(default_factory=Drain)  # the requests in flight, cut at the end of a graceful drain
 
 
 @dataclass(slots=True)
@@ -104,7 +106,7 @@ class Dispatcher:
         """The Exchange of one request on `route` (a metrics route label), traced when tracing is on (route None:
         a path that names no route, answered at once, untraced)."""
         span = self.tracer.request(route, scope["headers"]) if route is not None else NO_REQUEST_SPAN
-        return Exchange(scope, receive, send, span=span, errors=self.deps.errors)
+        return Exchange(scope, receive, send, span=span, errors=self.deps.errors, drain=self.deps.drain)
 
     async def ready(
         self,
@@ -225,13 +227,14 @@ class Exchange:
 
     `run(handle, send_error)` runs the protocol's handler and turns every way it can end into the right
     response and status: a ServingError is sent with `send_error` (the protocol's envelope, or an error frame once
-    a stream started), a client that disconnects ends as 499 with its upstream aborted, anything else is a logged
-    500. `status`, `model`, `service` and `revision` are what metrics record afterwards; when it ends, the request's
-    `span` is finished and a 5xx goes to `errors` (the status page's recent errors).
+    a stream started), a client that disconnects ends as 499 with its upstream aborted, a request still in flight
+    at the end of a graceful drain gets the drain's 503 (or error frame), anything else is a logged 500. `status`,
+    `model`, `service` and `revision` are what metrics record afterwards; when it ends, the request's `span` is
+    finished and a 5xx goes to `errors` (the status page's recent errors).
     """
 
-    __slots__ = ("error", "errors", "model", "receive", "request_id", "revision", "scope", "send", "service",
-                 "span", "started", "status", "watch")  # fmt: skip
+    __slots__ = ("drain", "error", "errors", "model", "receive", "request_id", "revision", "scope", "send",
+                 "service", "span", "started", "status", "watch")  # fmt: skip
 
     def __init__(
         self,
@@ -241,6 +244,7 @@ class Exchange:
         *,
         span: RequestSpan = NO_REQUEST_SPAN,
         errors: RecentErrors | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self.scope = scope
         self.receive = receive
@@ -255,6 +259,7 @@ class Exchange:
         self.error: str | None = None  # the gateway's own error message, when it answered one
         self.span = span
         self.errors = errors
+        self.drain = drain
 
     @property
     def echo(self) -> list[tuple[bytes, bytes]]:
@@ -262,6 +267,8 @@ class Exchange:
         return [(b"x-request-id", self.request_id)]
 
     async def run(self, handle: Callable[[], Awaitable[int]], send_error: ErrorSender) -> None:
+        drain = self.drain
+        task = drain.track() if drain is not None else None
         try:
             self.status = await handle()
         except ServingError as err:
@@ -271,11 +278,17 @@ class Exchange:
         except ClientDisconnected:
             self.status = CLIENT_CLOSED
         except asyncio.CancelledError:
+            if drain is not None and drain.cut_here(task):
+                cut = shutting_down()
+                self.status, self.error = cut.status, cut.message
+                with contextlib.suppress(Exception):
+                    await send_error(cut)
+                return
             if not self.watch.gone:
                 raise
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
             self.status = CLIENT_CLOSED
         except Exception as exc:
             log.exception("unhandled error on %s %s", self.scope["method"], self.scope["path"])
@@ -284,6 +297,8 @@ class Exchange:
             with contextlib.suppress(Exception):  # fails if the response had started: nothing more to say then
                 await send_error(ServingError(500, "Internal error in the gateway."))
         finally:
+            if drain is not None:
+                drain.untrack(task)
             self.watch.stop()
             self._ended()
 

@@ -66,6 +66,13 @@ class GatewaySettings(BaseModel):
         "at once.",
     )
 
+    drain_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Graceful drain on SIGTERM / Ctrl-C: how long requests and streams in flight may go on (new "
+        "connections are refused, /ready fails at once); then each gets 503 or a final error frame and the process "
+        "exits. 0: cut at once.",
+    )
     front_door: FrontDoorSettings = Field(
         default_factory=FrontDoorSettings,
         description="Connection limits of the HTTP port (header size and count, head and body read deadlines, the "

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from llmserve.storage import StorageError, pull, stderr_progress
 if TYPE_CHECKING:
     from controller.backends import Backend
     from controller.run import ControlPlane
+    from gateway.drain import Drain
     from gateway.run import DataPlane
     from gateway.settings import GatewaySettings
     from gateway.tracing import TracingSettings
@@ -93,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="on SIGTERM / Ctrl-C, leave the replicas running for the next controller to adopt",
     )
+    _drain_argument(ct)
     _front_door_arguments(ct)
     ct.set_defaults(handler=_cmd_controller, subparser=ct)
 
@@ -178,7 +181,19 @@ def _gateway_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--default-routing-profile", default="token-aware", help="for services that name none")
     _tracing_argument(parser, "OTLP collector for the gateway's request spans (vLLM replicas started by `up` too)")
+    _drain_argument(parser)
     _front_door_arguments(parser)
+
+
+def _drain_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="graceful drain on SIGTERM / Ctrl-C: requests and streams in flight may finish for S seconds (new ones "
+        "are refused), then they are cut (503, or a last error frame); replicas the controller stops drain as long",
+    )
 
 
 def _front_door_arguments(parser: argparse.ArgumentParser) -> None:
@@ -548,6 +563,7 @@ def _gateway_settings(args: argparse.Namespace) -> GatewaySettings:
         routing_profiles_dir=str(args.routing_profiles) if args.routing_profiles else None,
         default_routing_profile=args.default_routing_profile,
         front_door=_front_door(args),
+        drain_timeout_s=args.drain_timeout,
     )
 
 
@@ -600,6 +616,7 @@ def _control_plane(
         gateway_api_key=SecretStr(gateway_key) if gateway_key else None,
         worker_tracing=_worker_tracing(args),
         revision_retire_after_s=args.revision_retire_after,
+        drain_s=args.drain_timeout,
     )
     backend: Backend
     if args.backend == "ray":
@@ -654,6 +671,18 @@ async def _until_signalled() -> int:
             loop.remove_signal_handler(sig)
 
 
+@contextlib.asynccontextmanager
+async def _second_signal_cuts(drain: Drain) -> AsyncIterator[None]:
+    """While a gateway drains, a second SIGINT / SIGTERM cuts the drain short: what is in flight ends now (503 or
+    a last error frame) and the shutdown goes on cleanly (no replica is left behind)."""
+    again = asyncio.ensure_future(_until_signalled())
+    again.add_done_callback(lambda done: None if done.cancelled() else drain.cut())
+    try:
+        yield
+    finally:
+        again.cancel()
+
+
 def _with_ray(args: argparse.Namespace, run: Callable[[], None]) -> None:
     if args.backend != "ray":
         run()
@@ -695,7 +724,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     if args.workers > 1:
         from gateway.multiprocess import run_gateway_processes
 
-        return run_gateway_processes(args.workers, _child_argv(args.argv))
+        return run_gateway_processes(args.workers, _child_argv(args.argv), stop_grace_s=args.drain_timeout + 5)
     url = args.controller or f"http://127.0.0.1:{DEFAULT_CONTROL_PORT}"
     token = _client_token(args.control_token, args.state_dir)
     link = ControlLinkSettings(url=url, token=SecretStr(token) if token else None)
@@ -709,7 +738,8 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         signalled = asyncio.ensure_future(_until_signalled())
         await asyncio.wait({stopped, signalled}, return_when=asyncio.FIRST_COMPLETED)
         signalled.cancel()
-        await plane.stop()
+        async with _second_signal_cuts(plane.gateway.drain):
+            await plane.stop()
 
     _event_loop_runner()(serve())
     return 0
@@ -761,8 +791,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
             signalled.cancel()
             announcer.cancel()
         finally:
-            await gateway.stop()
-            await control.stop()
+            async with _second_signal_cuts(gateway.gateway.drain):
+                await gateway.stop()
+                await control.stop()
             log.info("stopped")
 
     _with_ray(args, lambda: _event_loop_runner()(serve()))

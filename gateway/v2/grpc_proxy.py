@@ -79,6 +79,7 @@ class GrpcProxy:
         self.port = 0
         self._server: aio.Server | None = None
         self._channels: ChannelCache | None = None
+        self._stopping: asyncio.Future[None] | None = None
         self._metadata = pb.ServerMetadataResponse(name=NAME, version=VERSION, extensions=EXTENSIONS)
 
     @property
@@ -109,6 +110,13 @@ class GrpcProxy:
         return self.port
 
     async def stop(self, grace_s: float = 1.0) -> None:
+        """No new calls; those in flight get `grace_s`. A second call waits for the first stop (a drain's grace
+        is not shortened by the lifespan's own stop)."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(grace_s))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace_s: float) -> None:
         if self._server is not None:
             await self._server.stop(grace_s)
         if self._channels is not None:
