@@ -558,6 +558,8 @@ class Controller:
                 min_replicas=predictor.min_replicas,
                 created=state.created,
                 routing_profile=predictor.routing.profile,
+                max_requests_per_replica=predictor.routing.max_requests_per_replica,
+                max_tokens_per_replica=predictor.routing.max_tokens_per_replica,
                 tokenizer_dir=str(model_dir) if model_dir else None,
                 revision=serving.name if serving else "",
                 traffic=state.traffic,

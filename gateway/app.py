@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 
 from gateway import errors
 from gateway.activator import Activator, ActivatorSettings
+from gateway.capacity import Capacity, ReplicaCap
 from gateway.dispatch import DispatchDeps, Dispatcher
 from gateway.drain import Drain
 from gateway.ejection import EjectingView, Ejector, OnEject
@@ -107,11 +108,13 @@ def build_gateway(
         ActivatorSettings(
             queue_depth=settings.activator_queue_depth,
             timeout_s=settings.activator_timeout_s,
+            admission_timeout_s=settings.admission_timeout_s,
             keepalive_s=settings.activator_keepalive_s,
             retry_after_s=settings.retry_after_seconds,
         ),
         ledger,
         metrics,
+        capacity=Capacity(ledger, ReplicaCap(settings.max_requests_per_replica, settings.max_tokens_per_replica)),
     )
     payload_log = PayloadLogger(secrets=[key.get_secret_value() for key in settings.api_keys])
     transformers = Transformers(view, TransformerClient(pool), activator, ejector)

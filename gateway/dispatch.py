@@ -2,7 +2,8 @@
 
 `Dispatcher.send` places a request on a ready replica of its service (of the revision the traffic split picks for
 it: gateway/revisions.py; the scheduler chooses among them; the load ledger counts it from that moment until it is
-released) and sends it. With no ready replica the request waits in the activator. A
+released) and sends it. With no ready replica, or every one at its load cap (gateway/capacity.py), the request waits
+in the activator's bounded queue. A
 replica the request never reached (connection refused or reset before any byte) is ejected on this gateway and the
 request goes to another replica, or waits in the activator until one is ready again: nothing that reached a worker is
 sent twice. A worker's error answer is turned into what the client sees by the error policy (gateway/worker_errors.py:
@@ -114,20 +115,28 @@ class Dispatcher:
         held_tokens: int,
         keepalive: KeepAlive | None,
         span: RequestSpan = NO_REQUEST_SPAN,
+        *,
+        again: bool = False,
     ) -> Sequence[Endpoint]:
-        """The ready replicas of the revision the request goes to (gateway/revisions.py); with none, the request
-        waits in the activator (503 on its deadline)."""
-        service = ctx.service.name
+        """The ready replicas of the revision the request goes to (gateway/revisions.py) with room for it
+        (gateway/capacity.py); with none, or with others already waiting, the request waits in the activator's queue
+        (429 / 503 + Retry-After when it is full or at the deadline). `again`: it was placed once and found no room
+        after all (it goes to the head)."""
+        service = ctx.service
+        activator = self.activator
         narrow = self.revisions.narrow
-        ready: Sequence[Endpoint] = self.endpoints.ready_endpoints(service)
-        revision, endpoints = narrow(ctx.service, ready, pin=ctx.pin, session=ctx.session)
-        while not endpoints:
-            with span.held():
-                ready = await self.activator.wait_for_replica(service, held_tokens, keepalive, revision)
-            if not ready:
-                raise ServingError.no_ready_replica(service, self.retry_after_s)
-            revision, endpoints = narrow(ctx.service, ready, pin=ctx.pin, session=ctx.session)
-        return endpoints
+        open_ = activator.capacity.open
+
+        def usable(ready: Sequence[Endpoint]) -> tuple[str, Sequence[Endpoint]]:
+            revision, endpoints = narrow(service, ready, pin=ctx.pin, session=ctx.session)
+            return revision, open_(service, endpoints, held_tokens) if endpoints else endpoints
+
+        if not again and not activator.waiting(service.name):
+            _, opened = usable(self.endpoints.ready_endpoints(service.name))
+            if opened:
+                return opened
+        with span.held():
+            return await activator.admit(service, held_tokens, keepalive, usable, again=again)
 
     async def send(
         self,
@@ -143,13 +152,18 @@ class Dispatcher:
         gets the activator wait, the routing decision and one upstream call per attempt, each attempt's request
         carrying its W3C traceparent."""
         tried: set[tuple[str, str]] = set()
+        again = False
         while True:
-            ready = await self.ready(ctx, held_tokens, keepalive, span)
+            ready = await self.ready(ctx, held_tokens, keepalive, span, again=again)
             endpoints = [e for e in ready if (e.replica_id, e.url) not in tried] or ready
             with span.routing():
                 dispatched = await self.scheduler.assign(ctx, endpoints)
                 endpoint = dispatched.endpoint
                 observe_decision(ctx, endpoint, self.metrics, span)
+            again = self.activator.capacity.exceeded(ctx.service, endpoint)
+            if again:  # another request took the last slot while this one was being placed: back to the queue
+                dispatched.release()
+                continue
             call = span.upstream(endpoint.replica_id, endpoint.url, len(tried) + 1)
             try:
                 response = await self.pool.request(

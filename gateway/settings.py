@@ -44,10 +44,34 @@ class GatewaySettings(BaseModel):
     session_header: str = Field(default="x-session-id", description="Header naming a session for session affinity.")
     scrape_interval_s: float = Field(default=0.5, gt=0, description="How often workers' /metrics are read.")
     activator_queue_depth: int = Field(
-        default=100, ge=0, description="Requests held per service while it has no ready replica (then 503)."
+        default=100,
+        ge=0,
+        description="Requests that may wait per service (the activator's one queue: no ready replica, or every one "
+        "at its load cap); beyond it 429 while the service has busy replicas, 503 while it has none.",
     )
     activator_timeout_s: float = Field(
-        default=120.0, gt=0, description="How long a held request waits for a replica before 503."
+        default=120.0,
+        gt=0,
+        description="How long a request that came while its service had no ready replica waits for one (then 503).",
+    )
+    admission_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a request that came while every ready replica was at its load cap waits for a free "
+        "slot (then 429).",
+    )
+    max_requests_per_replica: int | None = Field(
+        default=256,
+        ge=1,
+        description="Load cap: requests this gateway has in flight on one replica at most (a service's "
+        "spec.predictor.routing.maxRequestsPerReplica wins); beyond it requests wait in the activator's queue. "
+        "None: no cap.",
+    )
+    max_tokens_per_replica: int | None = Field(
+        default=None,
+        ge=1,
+        description="Load cap in tokens (prompt + expected output) in flight on one replica (a service's "
+        "maxTokensPerReplica wins); None: no token cap.",
     )
     activator_keepalive_s: float = Field(
         default=5.0, gt=0, description="SSE comment interval for streaming requests held by the activator."
