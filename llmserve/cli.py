@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from llmserve.spec import InferenceGraph, InferenceService, SpecError, load_resources, load_services
 from llmserve.storage import StorageError, pull, stderr_progress
@@ -182,7 +182,38 @@ def _gateway_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--default-routing-profile", default="token-aware", help="for services that name none")
     _tracing_argument(parser, "OTLP collector for the gateway's request spans (vLLM replicas started by `up` too)")
     _drain_argument(parser)
+    _backpressure_arguments(parser)
     _front_door_arguments(parser)
+
+
+def _backpressure_arguments(parser: argparse.ArgumentParser) -> None:
+    from gateway.settings import GatewaySettings
+
+    defaults = GatewaySettings()
+    group = parser.add_argument_group("backpressure and timeouts")
+    group.add_argument(
+        "--max-requests-per-replica",
+        type=int,
+        default=defaults.max_requests_per_replica,
+        metavar="N",
+        help="load cap per replica (a service's maxRequestsPerReplica wins); 0: none",
+    )
+    group.add_argument(
+        "--max-tokens-per-replica",
+        type=int,
+        default=0,
+        metavar="N",
+        help="load cap in tokens in flight per replica (a service's maxTokensPerReplica wins); 0: none",
+    )
+    group.add_argument(
+        "--queue-depth",
+        type=int,
+        default=defaults.activator_queue_depth,
+        metavar="N",
+        help="requests that may wait per service (no ready replica, or all at their cap)",
+    )
+    group.add_argument("--admission-timeout", type=float, default=defaults.admission_timeout_s, metavar="S",
+                       help="how long a request waits for a slot on a busy service (then 429)")  # fmt: skip
 
 
 def _drain_argument(parser: argparse.ArgumentParser) -> None:
@@ -552,19 +583,27 @@ def _gateway_settings(args: argparse.Namespace) -> GatewaySettings:
 
     keys = [k for k in args.api_key if k]
     keys += [k.strip() for k in os.environ.get("LLMSERVE_API_KEYS", "").split(",") if k.strip()]
-    return GatewaySettings(
-        tracing=_tracing_settings(args),
-        host=args.host,
-        port=args.port,
-        grpc_port=args.grpc_port,
-        api_keys=tuple(SecretStr(k) for k in keys),
-        max_body_bytes=args.max_body_bytes,
-        access_log=args.access_log,
-        routing_profiles_dir=str(args.routing_profiles) if args.routing_profiles else None,
-        default_routing_profile=args.default_routing_profile,
-        front_door=_front_door(args),
-        drain_timeout_s=args.drain_timeout,
-    )
+    try:
+        return GatewaySettings(
+            tracing=_tracing_settings(args),
+            host=args.host,
+            port=args.port,
+            grpc_port=args.grpc_port,
+            api_keys=tuple(SecretStr(k) for k in keys),
+            max_body_bytes=args.max_body_bytes,
+            access_log=args.access_log,
+            routing_profiles_dir=str(args.routing_profiles) if args.routing_profiles else None,
+            default_routing_profile=args.default_routing_profile,
+            front_door=_front_door(args),
+            drain_timeout_s=args.drain_timeout,
+            max_requests_per_replica=args.max_requests_per_replica or None,
+            max_tokens_per_replica=args.max_tokens_per_replica or None,
+            activator_queue_depth=args.queue_depth,
+            admission_timeout_s=args.admission_timeout,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UsageError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
 
 
 def _tracing_settings(args: argparse.Namespace) -> TracingSettings:
