@@ -100,7 +100,12 @@ def build_gateway(
     if scheduler is None:
         profiles_dir = Path(settings.routing_profiles_dir) if settings.routing_profiles_dir else None
         scheduler = Scheduler(load_profiles(profiles_dir), ledger, default_profile=settings.default_routing_profile)
-    ejector = Ejector(base_s=settings.ejection_base_s, on_eject=on_eject)
+    ejector = Ejector(
+        base_s=settings.ejection_base_s,
+        on_eject=on_eject,
+        outlier_failures=settings.outlier_consecutive_failures,
+        population=lambda service: sum(e.component == "predictor" for e in endpoints.ready_endpoints(service)),
+    )
     view = EjectingView(endpoints, ejector)
     scraper = SignalScraper(view, ledger, pool, interval_s=settings.scrape_interval_s)
     activator = Activator(

@@ -3,12 +3,16 @@
 `Dispatcher.send` places a request on a ready replica of its service (of the revision the traffic split picks for
 it: gateway/revisions.py; the scheduler chooses among them; the load ledger counts it from that moment until it is
 released) and sends it. With no ready replica, or every one at its load cap (gateway/capacity.py), the request waits
-in the activator's bounded queue. A
-replica the request never reached (connection refused or reset before any byte) is ejected on this gateway and the
-request goes to another replica, or waits in the activator until one is ready again: nothing that reached a worker is
-sent twice. A worker's error answer is turned into what the client sees by the error policy (gateway/worker_errors.py:
-the request's fault in the worker's cleaned words, anything else in the gateway's); a worker that answers that its
-engine is dead is ejected too, and the client gets the gateway's 502.
+in the activator's bounded queue. A replica the request never reached (connection refused or reset before any byte)
+is ejected on this gateway and the request goes to another replica, or waits in the activator until one is ready
+again: nothing that reached a worker is sent twice, with one exception: a streamed request whose worker sends no
+headers within the per-try timeout (`upstream_first_byte_timeout_s`; vLLM sends a stream's headers before any token)
+is aborted there and sent to another replica, once: nothing has reached the client. After the first byte, a worker
+silent for longer than `upstream_stream_idle_timeout_s` ends the response (an error frame in a stream, never a
+replay). Outcomes feed the outlier rule (gateway/ejection.py). A worker's error answer is turned into what the client
+sees by the error policy (gateway/worker_errors.py: the request's fault in the worker's cleaned words, anything else
+in the gateway's); a worker that answers that its engine is dead is ejected too, and the client gets the gateway's
+502.
 
 `Exchange` is the client's side of one request, the skeleton both proxies share: how a failure becomes a response
 (before the response started, or as one error frame after), client disconnects (499; the upstream is aborted),
@@ -99,6 +103,8 @@ class Dispatcher:
         self.ejector = deps.ejector
         self.revisions = deps.revisions
         self.header_timeout = deps.settings.upstream_header_timeout
+        self.first_byte_timeout = deps.settings.upstream_first_byte_timeout_s
+        self.stream_idle_timeout = deps.settings.upstream_stream_idle_timeout_s
         self.retry_after_s = deps.settings.retry_after_seconds
         self.tracer = deps.tracer
         self.metrics = deps.metrics
@@ -153,6 +159,7 @@ class Dispatcher:
         carrying its W3C traceparent."""
         tried: set[tuple[str, str]] = set()
         again = False
+        stalled = False
         while True:
             ready = await self.ready(ctx, held_tokens, keepalive, span, again=again)
             endpoints = [e for e in ready if (e.replica_id, e.url) not in tried] or ready
@@ -164,6 +171,8 @@ class Dispatcher:
             if again:  # another request took the last slot while this one was being placed: back to the queue
                 dispatched.release()
                 continue
+            key = (endpoint.replica_id, endpoint.url)
+            per_try = None if stalled else self._first_byte_limit(ctx, ready, tried, key)
             call = span.upstream(endpoint.replica_id, endpoint.url, len(tried) + 1)
             try:
                 response = await self.pool.request(
@@ -172,13 +181,24 @@ class Dispatcher:
                     outbound.path,
                     call.inject(outbound.headers),
                     outbound.body,
-                    header_timeout=self.header_timeout,
+                    header_timeout=per_try or self.header_timeout,
                 )
                 call.answered(response.status)
+                self.ejector.observed(endpoint, failed=response.status >= 500, what="HTTP 5xx")
+                if self.stream_idle_timeout:
+                    response.watch_idle(self.stream_idle_timeout)
                 return response, dispatched
             except UpstreamError as exc:
                 call.end(error=str(exc))
                 dispatched.release()
+                if exc.stalled:
+                    self.ejector.observed(endpoint, failed=True, what="no response headers")
+                if exc.stalled and per_try is not None:  # nothing reached the client yet: another replica gets it
+                    log.info("replica %s sent nothing within %g s: the request goes elsewhere", endpoint.replica_id,
+                             per_try)  # fmt: skip
+                    tried.add(key)
+                    stalled = True
+                    continue
                 if not exc.retryable:  # the request may have reached the worker: never send it twice
                     raise ServingError.upstream_failure(str(exc)) from None
                 if (endpoint.replica_id, endpoint.url) in tried:  # a second refusal from a re-published address
@@ -190,6 +210,19 @@ class Dispatcher:
                 call.end(error=type(exc).__name__)
                 dispatched.release()
                 raise
+
+    def _first_byte_limit(
+        self, ctx: RouteContext, ready: Sequence[Endpoint], tried: set[tuple[str, str]], key: tuple[str, str]
+    ) -> float | None:
+        """The per-try timeout: for a streamed request (vLLM sends a stream's headers at once, before any token),
+        when another ready replica could take it over. Non-streamed requests get their headers only when the
+        generation ends: a slow answer and a stalled worker look the same, so they wait (upstream_header_timeout)."""
+        limit = self.first_byte_timeout
+        if limit is None or not ctx.request.streamed:
+            return None
+        if not any((e.replica_id, e.url) not in tried and (e.replica_id, e.url) != key for e in ready):
+            return None
+        return min(limit, self.header_timeout) if self.header_timeout is not None else limit
 
     def worker_error(
         self, endpoint: Endpoint, status: int, body: bytes, *, path: str = "", model: str | None = None

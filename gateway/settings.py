@@ -33,6 +33,27 @@ class GatewaySettings(BaseModel):
         description="Seconds to wait for a worker's response headers (non-streamed requests send them only "
         "when generation ends); None waits as long as the client does.",
     )
+    upstream_first_byte_timeout_s: float | None = Field(
+        default=10.0,
+        gt=0,
+        description="Per-try timeout of a streamed request: a worker that sends no response headers within this "
+        "many seconds (vLLM sends a stream's headers at once) is given up on, the connection closed so it stops, and "
+        "the request goes to another ready replica, once (nothing reached the client yet). Non-streamed requests are "
+        "not cut by it: their headers come only when generation ends. None: off.",
+    )
+    upstream_stream_idle_timeout_s: float | None = Field(
+        default=120.0,
+        gt=0,
+        description="After a worker's first byte: a response (a stream) from which nothing arrives for this long is "
+        "ended, with an error frame in a stream (never a replay of what was sent). None: off.",
+    )
+    outlier_consecutive_failures: int = Field(
+        default=5,
+        ge=0,
+        description="Outlier ejection: a replica whose last this-many requests failed (5xx, stalled, a broken "
+        "stream) is out of rotation on this gateway for ejection_base_s x the times it was ejected, never more than "
+        "half of a service's replicas at once; the controller is told. 0: off.",
+    )
     upstream_idle_timeout: float = Field(
         default=4.0, gt=0, description="Idle keep-alive connections to workers older than this are not reused."
     )

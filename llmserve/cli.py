@@ -212,8 +212,29 @@ def _backpressure_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="requests that may wait per service (no ready replica, or all at their cap)",
     )
-    group.add_argument("--admission-timeout", type=float, default=defaults.admission_timeout_s, metavar="S",
-                       help="how long a request waits for a slot on a busy service (then 429)")  # fmt: skip
+    group.add_argument(
+        "--admission-timeout",
+        type=float,
+        default=defaults.admission_timeout_s,
+        metavar="S",
+        help="how long a request waits for a slot on a busy service (then 429)",
+    )
+    group.add_argument(
+        "--first-byte-timeout",
+        type=float,
+        default=defaults.upstream_first_byte_timeout_s,
+        metavar="S",
+        help="per-try timeout of a streamed request: no headers -> another replica; 0: off",
+    )
+    group.add_argument(
+        "--stream-idle-timeout",
+        type=float,
+        default=defaults.upstream_stream_idle_timeout_s,
+        metavar="S",
+        help="a stream silent this long ends with an error frame; 0: off",
+    )
+    group.add_argument("--outlier-failures", type=int, default=defaults.outlier_consecutive_failures, metavar="N",
+                       help="failures in a row that eject a replica (at most half of a service); 0: off")  # fmt: skip
 
 
 def _drain_argument(parser: argparse.ArgumentParser) -> None:
@@ -600,6 +621,9 @@ def _gateway_settings(args: argparse.Namespace) -> GatewaySettings:
             max_tokens_per_replica=args.max_tokens_per_replica or None,
             activator_queue_depth=args.queue_depth,
             admission_timeout_s=args.admission_timeout,
+            upstream_first_byte_timeout_s=args.first_byte_timeout or None,
+            upstream_stream_idle_timeout_s=args.stream_idle_timeout or None,
+            outlier_consecutive_failures=args.outlier_failures,
         )
     except ValidationError as exc:
         first = exc.errors()[0]

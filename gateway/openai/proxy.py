@@ -146,7 +146,10 @@ class OpenAIProxy:
             if hop is not None:
                 response = hop.response(response)
             gaps = self.metrics.inter_token(exchange.model, self.route) if ctx.request.streamed else None
-            return await relay(response, reply, on_first_chunk=first_chunk, on_gap=gaps, rewrite_errors=stream_errors)
+            stats = await relay(response, reply, on_first_chunk=first_chunk, on_gap=gaps, rewrite_errors=stream_errors)
+            if stats.status == 502:  # the stream broke or went idle mid-way: a failure of the replica's
+                self.dispatcher.ejector.observed(dispatched.endpoint, failed=True, what="stream broke")
+            return stats
         finally:
             response.abort()  # no-op when the response completed; otherwise the worker stops generating
             dispatched.release()
