@@ -58,6 +58,7 @@ class Waiter:
     tokens: int
     usable: Usable
     busy: bool  # it waits for room on replicas that are ready (else for a replica to become ready)
+    takes_slot: bool = True  # it is placed on a predictor replica once let go
     released: bool = False  # let go by the queue (not by its deadline or its client)
 
 
@@ -154,11 +155,13 @@ class Activator:
         usable: Usable | None = None,
         *,
         again: bool = False,
+        takes_slot: bool = True,
     ) -> Sequence[Endpoint]:
         """Wait until `service` has a ready replica the request may use (`usable`: its revision's replicas with
         room for it; default: any with room for `tokens`); those replicas. `again`: the request was let go once and
-        found no room (it goes to the head). ServingError (429 or 503, with Retry-After) when the queue is full or
-        the deadline passes."""
+        found no room (it goes to the head). `takes_slot`: it is placed on what it gets (False: a wait for another
+        kind of replica, a transformer's, which takes no slot and is always a wait for a start). ServingError (429
+        or 503, with Retry-After) when the queue is full or the deadline passes."""
         name = service.name
         usable = usable or self._any_with_room(service, tokens)
         queue = self._queues.get(name)
@@ -166,7 +169,7 @@ class Activator:
             queue = self._queues[name] = self._order()
         self._services[name] = service
         revision = self._revision(service, usable)
-        busy = bool(self._ready_of(name, revision))  # replicas exist: they are all at their cap
+        busy = takes_slot and bool(self._ready_of(name, revision))  # replicas exist: they are all at their cap
         if len(queue) >= self.settings.queue_depth and not again:
             raise self._full(name, len(queue), busy)
         limit = self.settings.admission_timeout_s if busy else self.settings.timeout_s
@@ -175,7 +178,7 @@ class Activator:
         self.ledger.hold(name, tokens, revision)
         try:
             while True:
-                waiter = Waiter(asyncio.get_running_loop().create_future(), tokens, usable, busy)
+                waiter = Waiter(asyncio.get_running_loop().create_future(), tokens, usable, busy, takes_slot)
                 if again:
                     queue.push_front(waiter)
                 else:
@@ -193,7 +196,7 @@ class Activator:
                 finally:
                     if busy:
                         self._busy[name] -= 1
-                    if waiter.released:
+                    if waiter.released and takes_slot:
                         self._releasing[name] -= 1
                     else:  # deadline, disconnect or cancellation: give the slot back
                         queue.remove(waiter)
@@ -201,7 +204,8 @@ class Activator:
                 _, opened = usable(ready)
                 if opened:
                     return opened
-                again, busy = True, busy or bool(ready)  # someone else took the room: first in line next time
+                # Someone else took the room: first in line next time.
+                again, busy = True, busy or (takes_slot and bool(ready))
         finally:
             self.ledger.unhold(name, tokens, revision)
             self.metrics.observe_held(name, time.monotonic() - started)
@@ -238,20 +242,17 @@ class Activator:
         if not queue:
             return
         ready = self.endpoints.ready_endpoints(name)
-        if not ready:
-            return
         service = self._services[name]
-        slots = self.capacity.free_slots(service, ready) - self._releasing.get(name, 0)
+        slots = self.capacity.free_slots(service, ready) - self._releasing.get(name, 0) if ready else 0
         for waiter in list(queue):
-            if slots <= 0:
-                return
-            if waiter.future.done() or not waiter.usable(ready)[1]:
+            if waiter.future.done() or (waiter.takes_slot and slots <= 0) or not waiter.usable(ready)[1]:
                 continue  # what it may use (its revision's replicas) has no room yet: it keeps its place
             queue.remove(waiter)
             waiter.released = True
             waiter.future.set_result(None)
-            self._releasing[name] = self._releasing.get(name, 0) + 1
-            slots -= 1
+            if waiter.takes_slot:
+                self._releasing[name] = self._releasing.get(name, 0) + 1
+                slots -= 1
 
     def _full(self, name: str, waiting: int, busy: bool) -> ServingError:
         retry = {"retry-after": str(self.settings.retry_after_s)}
