@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 
 .PHONY: up test setup lint pull load iris clean bench-deps bench-routing bench-peers bench-overhead bench-v2 \
         bench-decision bench-calibration bench-gpu bench-topology bench-graph bench-tracing bench-transform-log readme-table \
-        audit fuzz fuzz-api
+        audit fuzz fuzz-api soak
 
 up: setup
 	$(BIN)/llmserve pull $(CONFIG)
@@ -60,6 +60,12 @@ fuzz: setup
 
 fuzz-api: setup
 	LLMSERVE_SCHEMATHESIS_EXAMPLES=2000 $(BIN)/pytest tests/integration/test_schemathesis.py -q --timeout=0
+
+# Soak (run by hand, alone on the machine): 100 SSE streams for 10 minutes through llmserve up while simulated workers
+# are killed and restarted; benchmarks/results/soak.md. SOAK_ARGS="--duration 60 --out ..." for a smoke run.
+SOAK_ARGS ?= --duration 600 --streams 100
+soak: setup
+	$(BENCH) benchmarks/soak/run.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .llmserve .mypy_cache .ruff_cache .pytest_cache

@@ -558,6 +558,8 @@ class Controller:
                 min_replicas=predictor.min_replicas,
                 created=state.created,
                 routing_profile=predictor.routing.profile,
+                max_requests_per_replica=predictor.routing.max_requests_per_replica,
+                max_tokens_per_replica=predictor.routing.max_tokens_per_replica,
                 tokenizer_dir=str(model_dir) if model_dir else None,
                 revision=serving.name if serving else "",
                 traffic=state.traffic,
@@ -685,8 +687,9 @@ class Controller:
         self._loop_task = asyncio.get_running_loop().create_task(self._reconcile_forever(), name="reconciler")
 
     async def stop(self, *, keep_workers: bool = False) -> None:
-        """Stop every replica (no orphans) and the loop; with `keep_workers`, leave the replicas running for the
-        next controller to adopt (their leases run out if none does)."""
+        """Stop every replica (no orphans), each drained first (settings.drain_s), and the loop; with
+        `keep_workers`, leave the replicas running for the next controller to adopt (their leases run out if none
+        does)."""
         self._closed = True
         if self._loop_task is not None:
             self._loop_task.cancel()
@@ -698,7 +701,7 @@ class Controller:
                 if revision.pulling is not None:
                     revision.pulling.cancel()
             for replica in state.supervised():
-                stops.append(replica.detach() if keep_workers else replica.stop())
+                stops.append(replica.detach() if keep_workers else replica.stop(self.settings.drain_s))
         await asyncio.gather(*stops, *self._retiring, return_exceptions=True)
         if keep_workers:
             await self.backend.release()

@@ -116,6 +116,7 @@ class Replica:
         self._adopted: ReplicaProcess | None = None
         self._detached = False
         self._check_now = asyncio.Event()
+        self._stop_grace_s = settings.stop_grace_s  # SIGTERM to SIGKILL; a drain may lengthen it (stop())
 
     @property
     def replica_id(self) -> str:
@@ -147,28 +148,41 @@ class Replica:
         await self._ready.wait()
 
     async def stop(self, drain_s: float = 0.0) -> None:
-        """Withdraw the endpoint, let requests in flight finish (up to `drain_s`), then stop the process (and
-        its children) and end supervision."""
+        """Drain, then stop. The endpoint is withdrawn at once (gateways send the replica nothing new); requests in
+        flight get up to `drain_s` to finish: watched with the busy probe (vLLM's running + waiting requests) where
+        the worker answers it, else left to the worker's own drain on SIGTERM (llmserve's runtimes finish what they
+        serve, then exit), with the rest of `drain_s` before SIGKILL (never less than settings.stop_grace_s). Then
+        the process and its children are gone and supervision ends."""
         self.record.state = ReplicaState.STOPPING
         self._publisher.unpublish(self.service, self.replica_id)
-        if drain_s > 0:
-            await self._drain(drain_s)
+        deadline = time.monotonic() + drain_s
+        known = await self._drain(deadline) if drain_s > 0 else True
+        # A worker whose load is unknown drains itself on SIGTERM: it gets the rest of the drain before SIGKILL.
+        left = 0.0 if known else deadline - time.monotonic()
+        self._stop_grace_s = max(self._settings.stop_grace_s, left)
         self._stopping.set()
         if self._task is not None:
             await self._task
         self.record.state = ReplicaState.STOPPED
 
-    async def _drain(self, drain_s: float) -> None:
+    async def _drain(self, deadline: float) -> bool:
+        """Until the replica has nothing in flight by its busy probe, or `deadline`; False if the probe cannot
+        tell (the worker's own drain on SIGTERM takes over)."""
         process = self._process
-        if self._busy is None or process is None or not process.running():
-            return
-        deadline = time.monotonic() + drain_s
+        if process is None or not process.running():
+            return True
+        if self._busy is None:
+            return False
         while time.monotonic() < deadline and process.running():
             busy = await self._busy(process.url)
-            if busy is None or busy == 0:
-                return
+            if busy is None:
+                return False
+            if busy == 0:
+                return True
             await self._pause(min(0.5, max(0.0, deadline - time.monotonic())), process)
-        log.warning("replica %s: still busy after draining %.0f s; stopping it anyway", self.replica_id, drain_s)
+        if process.running():
+            log.warning("replica %s: still busy at the end of its drain; stopping it anyway", self.replica_id)
+        return True
 
     # -- supervision loop ---------------------------------------------------------------------------------------
     async def _supervise(self) -> None:
@@ -185,7 +199,7 @@ class Replica:
                 self._publisher.unpublish(self.service, self.replica_id)
                 self._ready.clear()
                 if self._process is not None and not self._detached:
-                    await self._process.stop(settings.stop_grace_s)
+                    await self._process.stop(self._stop_grace_s)
                     if self._journal is not None:
                         self._journal.ended(self)
                 self._process = None

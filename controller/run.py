@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 
-import uvicorn
 from prometheus_client import CollectorRegistry
 
 from controller.autoscaling.autoscaler import Autoscaler
@@ -25,6 +24,7 @@ from controller.server import create_control_app
 from controller.settings import ControllerSettings
 from controller.state import ControlState
 from controller.statedir import StateDir
+from llmserve.frontdoor import FrontDoorSettings, uvicorn_config
 from llmserve.serving import ManagedServer, bind_socket
 from llmserve.spec import InferenceGraph, InferenceService
 
@@ -42,8 +42,10 @@ class ControlPlane:
         token: str,
         state_dir: StateDir | None,
         demand_stale_after_s: float = 5.0,
+        front_door: FrontDoorSettings | None = None,
     ) -> None:
         self.host = host
+        self.front_door = front_door or FrontDoorSettings()
         self.port = port
         self.token = token
         self.state = ControlState()
@@ -71,7 +73,14 @@ class ControlPlane:
             for line in self.controller.apply(services, graphs):
                 log.info("%s", line)
         await self.autoscaler.start()
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2)
+        config = uvicorn_config(
+            self.app,
+            front_door=self.front_door,
+            error_envelope="v2",  # the control API's errors are {"error": "..."} on every path
+            log_level="warning",
+            lifespan="off",
+            timeout_graceful_shutdown=2,
+        )
         self.server = ManagedServer(config)
         self._serving = asyncio.get_running_loop().create_task(self.server.serve(sockets=[sock]), name="control")
         while not self.server.started:

@@ -28,7 +28,11 @@ class ControllerSettings(BaseModel):
         default=60.0, ge=0, description="A replica ready this long restarts with the initial delay again."
     )
     drain_s: float = Field(
-        default=30.0, ge=0, description="When scaling down: how long a withdrawn replica may finish its requests."
+        default=30.0,
+        ge=0,
+        description="How long a replica being stopped (scaled down, of a retired revision or a deleted service, or "
+        "when the controller stops) may finish its requests after it is withdrawn; then SIGTERM (llmserve --drain-"
+        "timeout).",
     )
     warm_pool_size: int = Field(
         default=0,

@@ -15,7 +15,9 @@ from prometheus_client.registry import Collector
 
 from gateway import errors
 from gateway.activator import Activator, ActivatorSettings
+from gateway.capacity import Capacity, ReplicaCap
 from gateway.dispatch import DispatchDeps, Dispatcher
+from gateway.drain import Drain
 from gateway.ejection import EjectingView, Ejector, OnEject
 from gateway.fastpath import GatewayApp
 from gateway.graph.routes import GraphRoutes, attach_graphs
@@ -28,6 +30,7 @@ from gateway.openai.chat_completions import attach_router as attach_chat_complet
 from gateway.openai.completions import attach_router as attach_completions
 from gateway.openai.embeddings import attach_router as attach_embeddings
 from gateway.openai.models import attach_router as attach_models
+from gateway.openapi import attach_openapi
 from gateway.payload_log import PayloadLogCollector, PayloadLogger
 from gateway.recent_errors import RecentErrors
 from gateway.routing import Scheduler, SignalScraper, load_profiles
@@ -62,6 +65,7 @@ class Gateway:
     graphs: GraphRoutes | None = field(default=None)  # the InferenceGraphs it serves
     tracer: RequestTracer | None = field(default=None)
     errors: RecentErrors | None = field(default=None)  # the last 5xx answers (the status page shows them)
+    drain: Drain = field(default_factory=Drain)  # the requests in flight; DataPlane.stop() drains them
 
 
 def build_gateway(
@@ -96,7 +100,12 @@ def build_gateway(
     if scheduler is None:
         profiles_dir = Path(settings.routing_profiles_dir) if settings.routing_profiles_dir else None
         scheduler = Scheduler(load_profiles(profiles_dir), ledger, default_profile=settings.default_routing_profile)
-    ejector = Ejector(base_s=settings.ejection_base_s, on_eject=on_eject)
+    ejector = Ejector(
+        base_s=settings.ejection_base_s,
+        on_eject=on_eject,
+        outlier_failures=settings.outlier_consecutive_failures,
+        population=lambda service: sum(e.component == "predictor" for e in endpoints.ready_endpoints(service)),
+    )
     view = EjectingView(endpoints, ejector)
     scraper = SignalScraper(view, ledger, pool, interval_s=settings.scrape_interval_s)
     activator = Activator(
@@ -104,18 +113,21 @@ def build_gateway(
         ActivatorSettings(
             queue_depth=settings.activator_queue_depth,
             timeout_s=settings.activator_timeout_s,
+            admission_timeout_s=settings.admission_timeout_s,
             keepalive_s=settings.activator_keepalive_s,
             retry_after_s=settings.retry_after_seconds,
         ),
         ledger,
         metrics,
+        capacity=Capacity(ledger, ReplicaCap(settings.max_requests_per_replica, settings.max_tokens_per_replica)),
     )
     payload_log = PayloadLogger(secrets=[key.get_secret_value() for key in settings.api_keys])
     transformers = Transformers(view, TransformerClient(pool), activator, ejector)
+    drain = Drain()
     dispatcher = Dispatcher(
         DispatchDeps(
             view, scheduler, ledger, pool, activator, ejector, metrics, settings, tracer, recent_errors,
-            transformers=transformers, payload_log=payload_log,
+            transformers=transformers, payload_log=payload_log, drain=drain,
         )
     )  # fmt: skip
     metrics.registry.register(LedgerCollector(ledger, view))
@@ -146,13 +158,14 @@ def build_gateway(
         api_keys=[key.get_secret_value() for key in settings.api_keys],
     )
     errors.install_error_handlers(app)
+    attach_openapi(app)
     graph_routes = attach_graphs(app, dispatcher, graphs or StaticGraphs())
     attach_chat_completions(app, dispatcher, graph_routes)
     attach_completions(app, dispatcher)
     attach_embeddings(app, dispatcher)
     attach_models(app, view, graph_routes.exposed_models)
     attach_v2(app, dispatcher)
-    attach_health(app, view, metrics, readiness)
+    attach_health(app, view, metrics, _draining_or(drain, readiness))
     if controller_status is not None:
         from gateway.ui import status_page
         from gateway.ui.source import GatewayStatus
@@ -162,8 +175,17 @@ def build_gateway(
     for extend in extensions:
         extend(app)
     gateway = Gateway(app, ledger, scheduler, activator, ejector, view, metrics, pool, graphs=graph_routes,
-                      tracer=tracer, errors=recent_errors)  # fmt: skip
+                      tracer=tracer, errors=recent_errors, drain=drain)  # fmt: skip
     return gateway
+
+
+def _draining_or(drain: Drain, readiness: Readiness | None) -> Readiness:
+    """/ready fails while the process drains, else for the caller's reason (if any)."""
+
+    def blocked() -> str | None:
+        return drain.readiness() or (readiness() if readiness is not None else None)
+
+    return blocked
 
 
 def create_app(

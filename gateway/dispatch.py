@@ -2,14 +2,21 @@
 
 `Dispatcher.send` places a request on a ready replica of its service (of the revision the traffic split picks for
 it: gateway/revisions.py; the scheduler chooses among them; the load ledger counts it from that moment until it is
-released) and sends it. With no ready replica the request waits in the activator. A
-replica the request never reached (connection refused or reset before any byte) is ejected on this gateway and the
-request goes to another replica, or waits in the activator until one is ready again: nothing that reached a worker is
-sent twice. A worker that answers that its engine is dead is ejected too, and the client gets the gateway's 502.
+released) and sends it. With no ready replica, or every one at its load cap (gateway/capacity.py), the request waits
+in the activator's bounded queue. A replica the request never reached (connection refused or reset before any byte)
+is ejected on this gateway and the request goes to another replica, or waits in the activator until one is ready
+again: nothing that reached a worker is sent twice, with one exception: a streamed request whose worker sends no
+headers within the per-try timeout (`upstream_first_byte_timeout_s`; vLLM sends a stream's headers before any token)
+is aborted there and sent to another replica, once: nothing has reached the client. After the first byte, a worker
+silent for longer than `upstream_stream_idle_timeout_s` ends the response (an error frame in a stream, never a
+replay). Outcomes feed the outlier rule (gateway/ejection.py). A worker's error answer is turned into what the client
+sees by the error policy (gateway/worker_errors.py: the request's fault in the worker's cleaned words, anything else
+in the gateway's); a worker that answers that its engine is dead is ejected too, and the client gets the gateway's
+502.
 
 `Exchange` is the client's side of one request, the skeleton both proxies share: how a failure becomes a response
-(before the response started, or as one error frame after), client disconnects (499; the upstream is aborted), and
-unexpected errors (500, logged).
+(before the response started, or as one error frame after), client disconnects (499; the upstream is aborted),
+unexpected errors (500, logged), and the end of a graceful drain (gateway/drain.py: 503, or an error frame).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from dataclasses import dataclass, field
 
 from gateway.activator import Activator, KeepAlive
 from gateway.asgi import ClientDisconnected, Receive, Scope, Send, header
+from gateway.drain import Drain, shutting_down
 from gateway.ejection import Ejector
 from gateway.ledger import Dispatched, LoadLedger
 from gateway.metrics import GatewayMetrics
@@ -37,6 +45,7 @@ from gateway.streaming import DisconnectWatch
 from gateway.tracing import NO_REQUEST_SPAN, NO_TRACING, RequestSpan, RequestTracer
 from gateway.transform import Transformers
 from gateway.upstream import Headers, UpstreamError, UpstreamPool, UpstreamResponse
+from gateway.worker_errors import WorkerError, WorkerErrorKind, rewrite_stream_errors, worker_error
 from llmserve.endpoints import Endpoint, EndpointReader
 from llmserve.protocol.errors import ServingError
 
@@ -46,18 +55,11 @@ UNKNOWN_MODEL = "__unknown__"  # metrics label for requests naming no served mod
 CLIENT_CLOSED = 499
 _ID_PREFIX = os.urandom(6).hex()
 _ID_COUNTER = itertools.count(1)
-# What vLLM answers (HTTP 500) once its engine core has died; the replica will not recover by itself.
-_ENGINE_DEAD = (b"EngineCore encountered an issue", b"EngineDeadError", b"Engine loop is not running")
 
 
 def next_request_id() -> bytes:
     """Unique per process start (random prefix) and cheap (a counter): no uuid4 on the hot path."""
     return f"{_ID_PREFIX}{next(_ID_COUNTER):010x}".encode()
-
-
-def engine_dead(status: int, body: bytes) -> bool:
-    """Whether a worker's error response says its engine is dead (vLLM's EngineDeadError)."""
-    return status >= 500 and any(marker in body for marker in _ENGINE_DEAD)
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class DispatchDeps:
     revisions: RevisionPicker = field(default_factory=RevisionPicker)  # the traffic split, per request
     transformers: Transformers | None = None  # hooks around dispatch, for services with a transformer
     payload_log: PayloadLogger | None = None  # for services with a logger
+    drain: Drain = field(default_factory=Drain)  # the requests in flight, cut at the end of a graceful drain
 
 
 @dataclass(slots=True)
@@ -100,6 +103,8 @@ class Dispatcher:
         self.ejector = deps.ejector
         self.revisions = deps.revisions
         self.header_timeout = deps.settings.upstream_header_timeout
+        self.first_byte_timeout = deps.settings.upstream_first_byte_timeout_s
+        self.stream_idle_timeout = deps.settings.upstream_stream_idle_timeout_s
         self.retry_after_s = deps.settings.retry_after_seconds
         self.tracer = deps.tracer
         self.metrics = deps.metrics
@@ -108,7 +113,7 @@ class Dispatcher:
         """The Exchange of one request on `route` (a metrics route label), traced when tracing is on (route None:
         a path that names no route, answered at once, untraced)."""
         span = self.tracer.request(route, scope["headers"]) if route is not None else NO_REQUEST_SPAN
-        return Exchange(scope, receive, send, span=span, errors=self.deps.errors)
+        return Exchange(scope, receive, send, span=span, errors=self.deps.errors, drain=self.deps.drain)
 
     async def ready(
         self,
@@ -116,20 +121,28 @@ class Dispatcher:
         held_tokens: int,
         keepalive: KeepAlive | None,
         span: RequestSpan = NO_REQUEST_SPAN,
+        *,
+        again: bool = False,
     ) -> Sequence[Endpoint]:
-        """The ready replicas of the revision the request goes to (gateway/revisions.py); with none, the request
-        waits in the activator (503 on its deadline)."""
-        service = ctx.service.name
+        """The ready replicas of the revision the request goes to (gateway/revisions.py) with room for it
+        (gateway/capacity.py); with none, or with others already waiting, the request waits in the activator's queue
+        (429 / 503 + Retry-After when it is full or at the deadline). `again`: it was placed once and found no room
+        after all (it goes to the head)."""
+        service = ctx.service
+        activator = self.activator
         narrow = self.revisions.narrow
-        ready: Sequence[Endpoint] = self.endpoints.ready_endpoints(service)
-        revision, endpoints = narrow(ctx.service, ready, pin=ctx.pin, session=ctx.session)
-        while not endpoints:
-            with span.held():
-                ready = await self.activator.wait_for_replica(service, held_tokens, keepalive, revision)
-            if not ready:
-                raise ServingError.no_ready_replica(service, self.retry_after_s)
-            revision, endpoints = narrow(ctx.service, ready, pin=ctx.pin, session=ctx.session)
-        return endpoints
+        open_ = activator.capacity.open
+
+        def usable(ready: Sequence[Endpoint]) -> tuple[str, Sequence[Endpoint]]:
+            revision, endpoints = narrow(service, ready, pin=ctx.pin, session=ctx.session)
+            return revision, open_(service, endpoints, held_tokens) if endpoints else endpoints
+
+        if not again and not activator.waiting(service.name):
+            _, opened = usable(self.endpoints.ready_endpoints(service.name))
+            if opened:
+                return opened
+        with span.held():
+            return await activator.admit(service, held_tokens, keepalive, usable, again=again)
 
     async def send(
         self,
@@ -145,13 +158,21 @@ class Dispatcher:
         gets the activator wait, the routing decision and one upstream call per attempt, each attempt's request
         carrying its W3C traceparent."""
         tried: set[tuple[str, str]] = set()
+        again = False
+        stalled = False
         while True:
-            ready = await self.ready(ctx, held_tokens, keepalive, span)
+            ready = await self.ready(ctx, held_tokens, keepalive, span, again=again)
             endpoints = [e for e in ready if (e.replica_id, e.url) not in tried] or ready
             with span.routing():
                 dispatched = await self.scheduler.assign(ctx, endpoints)
                 endpoint = dispatched.endpoint
                 observe_decision(ctx, endpoint, self.metrics, span)
+            again = self.activator.capacity.exceeded(ctx.service, endpoint)
+            if again:  # another request took the last slot while this one was being placed: back to the queue
+                dispatched.release()
+                continue
+            key = (endpoint.replica_id, endpoint.url)
+            per_try = None if stalled else self._first_byte_limit(ctx, ready, tried, key)
             call = span.upstream(endpoint.replica_id, endpoint.url, len(tried) + 1)
             try:
                 response = await self.pool.request(
@@ -160,13 +181,24 @@ class Dispatcher:
                     outbound.path,
                     call.inject(outbound.headers),
                     outbound.body,
-                    header_timeout=self.header_timeout,
+                    header_timeout=per_try or self.header_timeout,
                 )
                 call.answered(response.status)
+                self.ejector.observed(endpoint, failed=response.status >= 500, what="HTTP 5xx")
+                if self.stream_idle_timeout:
+                    response.watch_idle(self.stream_idle_timeout)
                 return response, dispatched
             except UpstreamError as exc:
                 call.end(error=str(exc))
                 dispatched.release()
+                if exc.stalled:
+                    self.ejector.observed(endpoint, failed=True, what="no response headers")
+                if exc.stalled and per_try is not None:  # nothing reached the client yet: another replica gets it
+                    log.info("replica %s sent nothing within %g s: the request goes elsewhere", endpoint.replica_id,
+                             per_try)  # fmt: skip
+                    tried.add(key)
+                    stalled = True
+                    continue
                 if not exc.retryable:  # the request may have reached the worker: never send it twice
                     raise ServingError.upstream_failure(str(exc)) from None
                 if (endpoint.replica_id, endpoint.url) in tried:  # a second refusal from a re-published address
@@ -179,18 +211,44 @@ class Dispatcher:
                 dispatched.release()
                 raise
 
-    def worker_error(self, endpoint: Endpoint, status: int, body: bytes) -> ServingError | None:
-        """A worker error the gateway answers itself: engine dead → the replica is ejected, 502 + Retry-After."""
-        if not engine_dead(status, body):
+    def _first_byte_limit(
+        self, ctx: RouteContext, ready: Sequence[Endpoint], tried: set[tuple[str, str]], key: tuple[str, str]
+    ) -> float | None:
+        """The per-try timeout: for a streamed request (vLLM sends a stream's headers at once, before any token),
+        when another ready replica could take it over. Non-streamed requests get their headers only when the
+        generation ends: a slow answer and a stalled worker look the same, so they wait (upstream_header_timeout)."""
+        limit = self.first_byte_timeout
+        if limit is None or not ctx.request.streamed:
             return None
-        log.warning("replica %s: engine dead (HTTP %d); ejected", endpoint.replica_id, status)
-        self.ejector.eject(endpoint, "engine dead")
-        return ServingError(
-            502,
-            "The model worker failed and is being replaced; retry the request.",
-            code="upstream_error",
-            headers={"retry-after": str(self.retry_after_s)},
-        )
+        if not any((e.replica_id, e.url) not in tried and (e.replica_id, e.url) != key for e in ready):
+            return None
+        return min(limit, self.header_timeout) if self.header_timeout is not None else limit
+
+    def worker_error(
+        self, endpoint: Endpoint, status: int, body: bytes, *, path: str = "", model: str | None = None
+    ) -> WorkerError | None:
+        """A worker's error answer (None below 400) classified by the error policy: `error` is what the client
+        sees, the worker's own text goes to the log; an engine that died gets its replica ejected."""
+        if status < 400:
+            return None
+        failure = worker_error(status, body, path=path, model=model, retry_after_s=self.retry_after_s)
+        self._worker_failed(endpoint, failure, status)
+        return failure
+
+    def worker_stream_errors(self, endpoint: Endpoint, chunk: bytes, *, path: str, model: str | None) -> bytes:
+        """A stream's chunk with the error events the worker sent mid-stream in the gateway's words (policy)."""
+        chunk, failures = rewrite_stream_errors(chunk, path=path, model=model)
+        for failure in failures:
+            self._worker_failed(endpoint, failure, failure.error.status)
+        return chunk
+
+    def _worker_failed(self, endpoint: Endpoint, failure: WorkerError, status: int) -> None:
+        if failure.kind is WorkerErrorKind.ENGINE_DEAD:
+            log.warning("replica %s: engine dead (HTTP %d: %s); ejected", endpoint.replica_id, status,
+                        failure.worker_message)  # fmt: skip
+            self.ejector.eject(endpoint, "engine dead")
+        elif failure.kind is not WorkerErrorKind.CLIENT:
+            log.info("replica %s answered HTTP %d: %s", endpoint.replica_id, status, failure.worker_message)
 
 
 def observe_decision(ctx: RouteContext, endpoint: Endpoint, metrics: GatewayMetrics, span: RequestSpan) -> None:
@@ -216,13 +274,14 @@ class Exchange:
 
     `run(handle, send_error)` runs the protocol's handler and turns every way it can end into the right
     response and status: a ServingError is sent with `send_error` (the protocol's envelope, or an error frame once
-    a stream started), a client that disconnects ends as 499 with its upstream aborted, anything else is a logged
-    500. `status`, `model`, `service` and `revision` are what metrics record afterwards; when it ends, the request's
-    `span` is finished and a 5xx goes to `errors` (the status page's recent errors).
+    a stream started), a client that disconnects ends as 499 with its upstream aborted, a request still in flight
+    at the end of a graceful drain gets the drain's 503 (or error frame), anything else is a logged 500. `status`,
+    `model`, `service` and `revision` are what metrics record afterwards; when it ends, the request's `span` is
+    finished and a 5xx goes to `errors` (the status page's recent errors).
     """
 
-    __slots__ = ("error", "errors", "model", "receive", "request_id", "revision", "scope", "send", "service",
-                 "span", "started", "status", "watch")  # fmt: skip
+    __slots__ = ("drain", "error", "errors", "model", "receive", "request_id", "revision", "scope", "send",
+                 "service", "span", "started", "status", "watch")  # fmt: skip
 
     def __init__(
         self,
@@ -232,6 +291,7 @@ class Exchange:
         *,
         span: RequestSpan = NO_REQUEST_SPAN,
         errors: RecentErrors | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self.scope = scope
         self.receive = receive
@@ -246,6 +306,7 @@ class Exchange:
         self.error: str | None = None  # the gateway's own error message, when it answered one
         self.span = span
         self.errors = errors
+        self.drain = drain
 
     @property
     def echo(self) -> list[tuple[bytes, bytes]]:
@@ -253,6 +314,8 @@ class Exchange:
         return [(b"x-request-id", self.request_id)]
 
     async def run(self, handle: Callable[[], Awaitable[int]], send_error: ErrorSender) -> None:
+        drain = self.drain
+        task = drain.track() if drain is not None else None
         try:
             self.status = await handle()
         except ServingError as err:
@@ -262,11 +325,17 @@ class Exchange:
         except ClientDisconnected:
             self.status = CLIENT_CLOSED
         except asyncio.CancelledError:
+            if drain is not None and drain.cut_here(task):
+                cut = shutting_down()
+                self.status, self.error = cut.status, cut.message
+                with contextlib.suppress(Exception):
+                    await send_error(cut)
+                return
             if not self.watch.gone:
                 raise
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
             self.status = CLIENT_CLOSED
         except Exception as exc:
             log.exception("unhandled error on %s %s", self.scope["method"], self.scope["path"])
@@ -275,6 +344,8 @@ class Exchange:
             with contextlib.suppress(Exception):  # fails if the response had started: nothing more to say then
                 await send_error(ServingError(500, "Internal error in the gateway."))
         finally:
+            if drain is not None:
+                drain.untrack(task)
             self.watch.stop()
             self._ended()
 

@@ -10,7 +10,7 @@ The gateway runs on one event-loop thread: no locking.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.routing.load import EndpointLoad
@@ -74,6 +74,11 @@ class LoadLedger:
     def __init__(self) -> None:
         self.loads: dict[str, EndpointLoad] = {}  # by replica id
         self._services: dict[str, ServiceLoad] = {}
+        self._on_release: list[Callable[[str], None]] = []
+
+    def on_release(self, listener: Callable[[str], None]) -> None:
+        """`listener(service)` after each request of `service` is released (a slot on a replica freed)."""
+        self._on_release.append(listener)
 
     # -- replicas (what routing reads) -----------------------------------------------------------------------------
     def load(self, endpoint: Endpoint) -> EndpointLoad:
@@ -165,3 +170,5 @@ class LoadLedger:
             load.in_flight = max(0, load.in_flight - 1)
             load.in_flight_tokens = max(0, load.in_flight_tokens - tokens)
             load.in_flight_at_scrape = min(load.in_flight_at_scrape, load.in_flight)
+        for listener in self._on_release:
+            listener(endpoint.service)

@@ -3,7 +3,9 @@
 `DataPlane.start()` binds the port (SO_REUSEPORT when several gateway processes share it: settings.reuse_port),
 starts following the controller, and serves; requests that arrive before the first snapshot find no model (and
 /ready says 503).
-`stop()` stops serving (connections get `timeout_graceful_shutdown` to finish), then the watch and the reports.
+`stop()` drains (gateway/drain.py): /ready fails and new connections are refused at once, requests and streams in
+flight get up to `settings.drain_timeout_s` to finish (then they are cut: 503 or a last error frame), the gRPC server
+takes no new calls and gives those in flight the same time; then the watch and the reports stop.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import secrets
 import socket
 
-import uvicorn
 from prometheus_client.registry import Collector
 
 from gateway.app import Gateway, build_gateway
@@ -24,9 +26,11 @@ from gateway.reporting import DemandReporter
 from gateway.settings import ControlLinkSettings, GatewaySettings
 from gateway.watch import WatchedEndpoints
 from llmserve.control import ControlClient
+from llmserve.frontdoor import uvicorn_config
 from llmserve.serving import ManagedServer, bind_socket
 
 log = logging.getLogger("llmserve.gateway")
+_BACKSTOP_S = 3.0  # uvicorn cancels what is still running this long after the drain deadline
 
 
 def gateway_id() -> str:
@@ -74,12 +78,13 @@ class DataPlane:
         self.port = int(sock.getsockname()[1])
         self.watch.start()
         self.reporter.start()
-        config = uvicorn.Config(
+        config = uvicorn_config(
             self.gateway.app,
-            http="httptools",
+            front_door=self.settings.front_door,
             access_log=self.settings.access_log,
             log_level="warning",
-            timeout_graceful_shutdown=5,
+            # A backstop: the drain cuts what is left at its deadline, and the skeletons end their responses then.
+            timeout_graceful_shutdown=math.ceil(self.settings.drain_timeout_s + _BACKSTOP_S),
             lifespan="on",
         )
         self.server = ManagedServer(config)
@@ -96,12 +101,24 @@ class DataPlane:
             await asyncio.wait_for(self.watch.synced.wait(), timeout_s)
         return self.watch.synced.is_set()
 
-    async def stop(self) -> None:
+    async def stop(self, drain_s: float | None = None) -> None:
+        """Drain for `drain_s` (default: settings.drain_timeout_s), then stop."""
+        drain_s = self.settings.drain_timeout_s if drain_s is None else drain_s
+        drain = self.gateway.drain
+        if drain.in_flight:
+            log.info("gateway %s draining: %d request(s) in flight, up to %g s", self.id, drain.in_flight, drain_s)
+        drain.begin(drain_s)
+        grpc = self.gateway.grpc
+        stopping_grpc = asyncio.ensure_future(grpc.stop(drain_s)) if grpc is not None else None
         if self.server is not None:
+            self.server.config.timeout_graceful_shutdown = math.ceil(drain_s + _BACKSTOP_S)
             self.server.should_exit = True
         if self._serving is not None:
             with contextlib.suppress(Exception):
                 await self._serving
+        if stopping_grpc is not None:
+            with contextlib.suppress(Exception):
+                await stopping_grpc
         await self.reporter.stop()
         await self.watch.stop()
         await self.client.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from gateway.tracing import TracingSettings
+from llmserve.frontdoor import FrontDoorSettings
 
 
 class GatewaySettings(BaseModel):
@@ -32,6 +33,27 @@ class GatewaySettings(BaseModel):
         description="Seconds to wait for a worker's response headers (non-streamed requests send them only "
         "when generation ends); None waits as long as the client does.",
     )
+    upstream_first_byte_timeout_s: float | None = Field(
+        default=10.0,
+        gt=0,
+        description="Per-try timeout of a streamed request: a worker that sends no response headers within this "
+        "many seconds (vLLM sends a stream's headers at once) is given up on, the connection closed so it stops, and "
+        "the request goes to another ready replica, once (nothing reached the client yet). Non-streamed requests are "
+        "not cut by it: their headers come only when generation ends. None: off.",
+    )
+    upstream_stream_idle_timeout_s: float | None = Field(
+        default=120.0,
+        gt=0,
+        description="After a worker's first byte: a response (a stream) from which nothing arrives for this long is "
+        "ended, with an error frame in a stream (never a replay of what was sent). None: off.",
+    )
+    outlier_consecutive_failures: int = Field(
+        default=5,
+        ge=0,
+        description="Outlier ejection: a replica whose last this-many requests failed (5xx, stalled, a broken "
+        "stream) is out of rotation on this gateway for ejection_base_s x the times it was ejected, never more than "
+        "half of a service's replicas at once; the controller is told. 0: off.",
+    )
     upstream_idle_timeout: float = Field(
         default=4.0, gt=0, description="Idle keep-alive connections to workers older than this are not reused."
     )
@@ -43,10 +65,34 @@ class GatewaySettings(BaseModel):
     session_header: str = Field(default="x-session-id", description="Header naming a session for session affinity.")
     scrape_interval_s: float = Field(default=0.5, gt=0, description="How often workers' /metrics are read.")
     activator_queue_depth: int = Field(
-        default=100, ge=0, description="Requests held per service while it has no ready replica (then 503)."
+        default=100,
+        ge=0,
+        description="Requests that may wait per service (the activator's one queue: no ready replica, or every one "
+        "at its load cap); beyond it 429 while the service has busy replicas, 503 while it has none.",
     )
     activator_timeout_s: float = Field(
-        default=120.0, gt=0, description="How long a held request waits for a replica before 503."
+        default=120.0,
+        gt=0,
+        description="How long a request that came while its service had no ready replica waits for one (then 503).",
+    )
+    admission_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a request that came while every ready replica was at its load cap waits for a free "
+        "slot (then 429).",
+    )
+    max_requests_per_replica: int | None = Field(
+        default=256,
+        ge=1,
+        description="Load cap: requests this gateway has in flight on one replica at most (a service's "
+        "spec.predictor.routing.maxRequestsPerReplica wins); beyond it requests wait in the activator's queue. "
+        "None: no cap.",
+    )
+    max_tokens_per_replica: int | None = Field(
+        default=None,
+        ge=1,
+        description="Load cap in tokens (prompt + expected output) in flight on one replica (a service's "
+        "maxTokensPerReplica wins); None: no token cap.",
     )
     activator_keepalive_s: float = Field(
         default=5.0, gt=0, description="SSE comment interval for streaming requests held by the activator."
@@ -63,6 +109,19 @@ class GatewaySettings(BaseModel):
         description="How long a replica that could not be reached (or whose engine died) is left out of rotation on "
         "this gateway; doubled each time it happens again, at most 60 s. A restarted replica (a new address) is used "
         "at once.",
+    )
+
+    drain_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Graceful drain on SIGTERM / Ctrl-C: how long requests and streams in flight may go on (new "
+        "connections are refused, /ready fails at once); then each gets 503 or a final error frame and the process "
+        "exits. 0: cut at once.",
+    )
+    front_door: FrontDoorSettings = Field(
+        default_factory=FrontDoorSettings,
+        description="Connection limits of the HTTP port (header size and count, head and body read deadlines, the "
+        "connection cap) and of the gRPC port (metadata size, handshake deadline); llmserve/frontdoor.py.",
     )
 
     tracing: TracingSettings = Field(

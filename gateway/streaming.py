@@ -90,14 +90,16 @@ async def relay(
     reply: Reply,
     on_first_chunk: Callable[[], None] | None = None,
     on_gap: Callable[[float], None] | None = None,
+    rewrite_errors: Callable[[bytes], bytes] | None = None,
 ) -> RelayStats:
     """Send `response` to the client; the caller has already dealt with error statuses it wants to rewrite.
     A stream calls `on_first_chunk` with its first chunk and `on_gap(seconds)` with the time between each two
-    chunks it relayed (inter-token latency: vLLM sends about one token per chunk)."""
+    chunks it relayed (inter-token latency: vLLM sends about one token per chunk); a chunk that may hold an error
+    event the worker sent mid-stream (it names "error") goes through `rewrite_errors` first."""
     content_type = response.header(b"content-type") or b"application/json"
     streamed = response.header(b"content-length") is None and content_type.startswith(_EVENT_STREAM)
     if streamed:
-        return await _relay_stream(response, reply, content_type, on_first_chunk, on_gap)
+        return await _relay_stream(response, reply, content_type, on_first_chunk, on_gap, rewrite_errors)
     if reply.started:  # committed to SSE, but the worker answered with a whole body: pass it on as one frame
         body = await _read(response)
         await reply.send({"type": "http.response.body", "body": b"data: " + body + b"\n\ndata: [DONE]\n\n"})
@@ -139,6 +141,7 @@ async def _relay_stream(
     content_type: bytes,
     on_first_chunk: Callable[[], None] | None,
     on_gap: Callable[[float], None] | None = None,
+    rewrite_errors: Callable[[bytes], bytes] | None = None,
 ) -> RelayStats:
     stats = RelayStats(status=response.status)
     send = reply.send
@@ -167,6 +170,8 @@ async def _relay_stream(
                 on_gap(now - last)
                 last = now
             stats.frames += chunk.count(b"data: ")
+            if rewrite_errors is not None and b'"error"' in chunk:
+                chunk = rewrite_errors(chunk)
             if b'"prompt_tokens"' in chunk:
                 find_usage(chunk, stats)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})

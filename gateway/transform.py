@@ -333,7 +333,7 @@ class Transformers:
         timeout_s = service.transformer_timeout_s + _GATEWAY_MARGIN_S
         tried: set[str] = set()
         while True:
-            endpoint = await self._replica(service.name, tried, keepalive)
+            endpoint = await self._replica(service, tried, keepalive)
             try:
                 hooks = await self.client.hooks(endpoint.url)
                 hop = TransformerHop(self.client, endpoint.url, hooks, headers, timeout_s)
@@ -347,9 +347,12 @@ class Transformers:
                 if len(tried) >= 3:
                     raise
 
-    async def _replica(self, service: str, tried: set[str], keepalive: KeepAlive | None) -> Endpoint:
+    async def _replica(self, service: ServiceInfo, tried: set[str], keepalive: KeepAlive | None) -> Endpoint:
+        def untried(_: object) -> tuple[str, list[Endpoint]]:
+            return "", [e for e in self.endpoints.transformer_endpoints(service.name) if e.url not in tried]
+
         while True:
-            ready = [e for e in self.endpoints.transformer_endpoints(service) if e.url not in tried]
+            ready = untried(None)[1]
             if ready:
                 return ready[next(self._turn) % len(ready)]
-            await self.activator.wait_for_replica(service, 0, keepalive)  # until the service's replicas change
+            await self.activator.admit(service, 0, keepalive, untried, takes_slot=False)  # until one is ready

@@ -29,12 +29,14 @@ class UpstreamError(Exception):
     """The worker could not be reached or broke the exchange.
 
     `retryable` is true only when the request certainly did not reach the worker (connect failed), so sending
-    it to another replica cannot run it twice.
+    it to another replica cannot run it twice. `stalled`: the worker went silent (no headers, or no body bytes,
+    within the limit); the connection is closed, so it stops working on the request.
     """
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
+    def __init__(self, message: str, *, retryable: bool = False, stalled: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.stalled = stalled
 
 
 class UpstreamResponse:
@@ -47,6 +49,9 @@ class UpstreamResponse:
         "_done",
         "_error",
         "_headers_waiter",
+        "_idle_s",
+        "_idle_timer",
+        "_last_data",
         "_paused",
         "_waiter",
         "headers",
@@ -66,6 +71,9 @@ class UpstreamResponse:
         self._waiter: asyncio.Future[None] | None = None
         self._headers_waiter: asyncio.Future[None] | None = conn.loop.create_future()
         self._paused = False
+        self._idle_s = 0.0  # watch_idle(): the longest silence allowed from the worker mid-body
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._last_data = 0.0
 
     # -- consumer side --------------------------------------------------------------------------------------
     def header(self, name: bytes) -> bytes | None:
@@ -110,10 +118,41 @@ class UpstreamResponse:
 
     def abort(self) -> None:
         """Stop the exchange: unless the response is complete, close the connection (the worker sees it)."""
+        self._unwatch()
         if not self._done:
             self._done = True
             self._chunks.clear()
             self._conn.close()
+
+    def watch_idle(self, seconds: float) -> None:
+        """From now on, a worker that sends no body byte for `seconds` breaks the response (UpstreamError,
+        `stalled`; the connection is closed so that it stops). Time when reading is paused for a slow client, or
+        when bytes wait for the consumer, is not the worker's silence. One timer per response, re-armed lazily."""
+        if self._done or seconds <= 0:
+            return
+        loop = self._conn.loop
+        self._idle_s = seconds
+        self._last_data = loop.time()
+        self._idle_timer = loop.call_at(self._last_data + seconds, self._check_idle)
+
+    def _check_idle(self) -> None:
+        self._idle_timer = None
+        if self._done or self._error is not None:
+            return
+        loop = self._conn.loop
+        now = loop.time()
+        if self._paused or self._chunks:
+            self._last_data = now  # the client is the slow one
+        elif now - self._last_data >= self._idle_s:
+            error = UpstreamError(f"no data from the worker for {self._idle_s:g} s", stalled=True)
+            self._conn._broken(error)
+            return
+        self._idle_timer = loop.call_at(self._last_data + self._idle_s, self._check_idle)
+
+    def _unwatch(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
 
     # -- producer side (called by the connection) -------------------------------------------------------------
     async def _wait_headers(self, limit_s: float | None) -> None:
@@ -127,7 +166,7 @@ class UpstreamResponse:
                 await asyncio.wait_for(asyncio.shield(waiter), limit_s)
         except TimeoutError:
             self.abort()
-            raise UpstreamError(f"no response from the worker within {limit_s:g} s") from None
+            raise UpstreamError(f"no response from the worker within {limit_s:g} s", stalled=True) from None
 
     def _headers_done(self) -> None:
         self.received_any = True
@@ -136,6 +175,8 @@ class UpstreamResponse:
             waiter.set_result(None)
 
     def _feed(self, data: bytes) -> None:
+        if self._idle_s:
+            self._last_data = self._conn.loop.time()
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered > _HIGH_WATER and not self._paused:
@@ -145,11 +186,13 @@ class UpstreamResponse:
 
     def _finish(self) -> None:
         self._done = True
+        self._unwatch()
         self._wake()
 
     def _fail(self, error: UpstreamError) -> None:
         if self._done:
             return
+        self._unwatch()
         self._error = error
         waiter, self._headers_waiter = self._headers_waiter, None
         if waiter is not None and not waiter.done():

@@ -37,7 +37,7 @@ from llmserve.protocol.errors import ServingError
 MAX_MESSAGE_CHARS = 1000
 RETRY_AFTER_S = 1
 
-ENGINE_DEAD_MARKERS = ("EngineCore encountered an issue", "EngineDeadError")
+ENGINE_DEAD_MARKERS = ("EngineCore encountered an issue", "EngineDeadError", "Engine loop is not running")
 _ENV_VAR = re.compile(r"\b(?:VLLM|CUDA|HF|TORCH|OMP|LLMSERVE)_[A-Z0-9_]+\b|environment variable", re.IGNORECASE)
 _PARAMETER_SUFFIX = re.compile(r"\s*\(parameter=[^)]*\)\s*$")
 _VALIDATION = re.compile(r"^\d+ validation errors?(?: for \w+)?:?\s*\n", re.IGNORECASE)
@@ -65,8 +65,11 @@ class WorkerError:
     worker_message: str  # the worker's own text, for the log; never sent to the client
 
 
-def worker_error(status: int, body: bytes, *, path: str = "", model: str | None = None) -> WorkerError:
-    """Classify a worker's error response (`status` >= 400) to a request for `path` naming `model`."""
+def worker_error(
+    status: int, body: bytes, *, path: str = "", model: str | None = None, retry_after_s: int = RETRY_AFTER_S
+) -> WorkerError:
+    """Classify a worker's error response (`status` >= 400) to a request for `path` naming `model`; the errors
+    that invite a retry (engine dead, busy) say `Retry-After: retry_after_s`."""
     message, param = _worker_text(body)
     logged = message[:MAX_MESSAGE_CHARS] if message else body[:200].decode("utf-8", "replace")
     if status >= 500 and any(marker in message for marker in ENGINE_DEAD_MARKERS):
@@ -76,7 +79,7 @@ def worker_error(status: int, body: bytes, *, path: str = "", model: str | None 
                 502,
                 "The model worker's engine has stopped; retry the request.",
                 code="worker_engine_dead",
-                headers={"retry-after": str(RETRY_AFTER_S)},
+                headers={"retry-after": str(retry_after_s)},
             ),
             logged,
         )
@@ -87,7 +90,7 @@ def worker_error(status: int, body: bytes, *, path: str = "", model: str | None 
             503,
             "The model worker is busy or not ready; retry later.",
             code="worker_unavailable",
-            headers={"retry-after": str(RETRY_AFTER_S)},
+            headers={"retry-after": str(retry_after_s)},
         )
         return WorkerError(WorkerErrorKind.UNAVAILABLE, error, logged)
     if status == 404:
@@ -101,6 +104,20 @@ def worker_error(status: int, body: bytes, *, path: str = "", model: str | None 
         return WorkerError(WorkerErrorKind.CLIENT, error, logged)
     error = ServingError(502, f"The model worker failed (status {status}).", code="upstream_error")
     return WorkerError(WorkerErrorKind.FAILED, error, logged)
+
+
+def relayed_v2(status: int, body: bytes) -> bool:
+    """Whether a V2 runtime's error answer goes to the client as it is: the runtime is ours and words its errors
+    for clients (`{"error": "Model 'iris' failed: ValueError: X has 3 features, but ... 4"}`), so its envelope is
+    relayed, unless the status says the gateway's own request was wrong (401/403/405/407) or the body is not the
+    runtime's envelope (a proxy's or a server's default page): those get the gateway's words (`worker_error`)."""
+    if status in (401, 403, 405, 407):
+        return False
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(payload, dict) and isinstance(payload.get("error"), str)
 
 
 def worker_stream_error(frame: bytes, *, path: str = "", model: str | None = None) -> WorkerError | None:
@@ -186,3 +203,19 @@ def _from_validation_dump(dump: str) -> ServingError:
     if _INTERNALS.search(msg):
         msg = "invalid value"
     return ServingError.bad_request(f"Invalid value for '{where}': {msg}.", param=param)
+
+
+def rewrite_stream_errors(chunk: bytes, *, path: str = "", model: str | None = None) -> tuple[bytes, list[WorkerError]]:
+    """`chunk` (whole SSE events) with each error event a worker sent mid-stream replaced by the gateway's own error
+    event (the same policy as for responses), and the errors found (the caller acts on their kinds). A chunk
+    without a top-level `"error"` key is returned as it is (a token whose text is "error" is not an error)."""
+    found: list[WorkerError] = []
+    events = chunk.split(b"\n\n")
+    for i, event in enumerate(events):
+        if b'"error"' not in event or not event.startswith(b"data:"):
+            continue
+        failure = worker_stream_error(event[5:].strip(), path=path, model=model)
+        if failure is not None:
+            found.append(failure)
+            events[i] = b"data: " + orjson.dumps(failure.error.openai_body())
+    return (b"\n\n".join(events), found) if found else (chunk, found)

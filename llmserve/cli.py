@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from llmserve.spec import InferenceGraph, InferenceService, SpecError, load_resources, load_services
 from llmserve.storage import StorageError, pull, stderr_progress
@@ -25,9 +26,11 @@ from llmserve.storage import StorageError, pull, stderr_progress
 if TYPE_CHECKING:
     from controller.backends import Backend
     from controller.run import ControlPlane
+    from gateway.drain import Drain
     from gateway.run import DataPlane
     from gateway.settings import GatewaySettings
     from gateway.tracing import TracingSettings
+    from llmserve.frontdoor import FrontDoorSettings
     from llmserve.workers.tracing import WorkerTracing
 
 log = logging.getLogger("llmserve")
@@ -50,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if getattr(args, "subparser", None) is not None:
+        _front_door(args)  # a bad connection limit is a usage error before anything starts
     try:
         return int(args.handler(args))
     except (SpecError, StorageError, UsageError) as exc:
@@ -70,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("-f", "--file", default="configs/quickstart.yaml", help="InferenceService / InferenceGraph YAML")
     _gateway_arguments(up)
     _controller_arguments(up, default_port=DEFAULT_CONTROL_PORT, port_flag="--control-port")
-    up.set_defaults(handler=_cmd_up)
+    up.set_defaults(handler=_cmd_up, subparser=up)
 
     ct = sub.add_parser("controller", help="run the control plane: workers, autoscaler, the control API")
     ct.add_argument(
@@ -90,7 +95,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="on SIGTERM / Ctrl-C, leave the replicas running for the next controller to adopt",
     )
-    ct.set_defaults(handler=_cmd_controller)
+    _drain_argument(ct)
+    _front_door_arguments(ct)
+    ct.set_defaults(handler=_cmd_controller, subparser=ct)
 
     gw = sub.add_parser("gateway", help="run the data plane: the OpenAI / V2 gateway, following a controller")
     gw.add_argument(
@@ -104,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--workers", type=int, default=1, help="gateway processes sharing the port (SO_REUSEPORT)")
     gw.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     _gateway_arguments(gw)
-    gw.set_defaults(handler=_cmd_gateway)
+    gw.set_defaults(handler=_cmd_gateway, subparser=gw)
 
     ap = sub.add_parser("apply", help="create or change the services and graphs of a file in a running controller")
     ap.add_argument("-f", "--file", required=True, help="InferenceService / InferenceGraph YAML")
@@ -174,6 +181,84 @@ def _gateway_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--default-routing-profile", default="token-aware", help="for services that name none")
     _tracing_argument(parser, "OTLP collector for the gateway's request spans (vLLM replicas started by `up` too)")
+    _drain_argument(parser)
+    _backpressure_arguments(parser)
+    _front_door_arguments(parser)
+
+
+def _backpressure_arguments(parser: argparse.ArgumentParser) -> None:
+    from gateway.settings import GatewaySettings
+
+    defaults = GatewaySettings()
+    group = parser.add_argument_group("backpressure and timeouts")
+    group.add_argument(
+        "--max-requests-per-replica",
+        type=int,
+        default=defaults.max_requests_per_replica,
+        metavar="N",
+        help="load cap per replica (a service's maxRequestsPerReplica wins); 0: none",
+    )
+    group.add_argument(
+        "--max-tokens-per-replica",
+        type=int,
+        default=0,
+        metavar="N",
+        help="load cap in tokens in flight per replica (a service's maxTokensPerReplica wins); 0: none",
+    )
+    group.add_argument(
+        "--queue-depth",
+        type=int,
+        default=defaults.activator_queue_depth,
+        metavar="N",
+        help="requests that may wait per service (no ready replica, or all at their cap)",
+    )
+    group.add_argument(
+        "--admission-timeout",
+        type=float,
+        default=defaults.admission_timeout_s,
+        metavar="S",
+        help="how long a request waits for a slot on a busy service (then 429)",
+    )
+    group.add_argument(
+        "--first-byte-timeout",
+        type=float,
+        default=defaults.upstream_first_byte_timeout_s,
+        metavar="S",
+        help="per-try timeout of a streamed request: no headers -> another replica; 0: off",
+    )
+    group.add_argument(
+        "--stream-idle-timeout",
+        type=float,
+        default=defaults.upstream_stream_idle_timeout_s,
+        metavar="S",
+        help="a stream silent this long ends with an error frame; 0: off",
+    )
+    group.add_argument("--outlier-failures", type=int, default=defaults.outlier_consecutive_failures, metavar="N",
+                       help="failures in a row that eject a replica (at most half of a service); 0: off")  # fmt: skip
+
+
+def _drain_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="graceful drain on SIGTERM / Ctrl-C: requests and streams in flight may finish for S seconds (new ones "
+        "are refused), then they are cut (503, or a last error frame); replicas the controller stops drain as long",
+    )
+
+
+def _front_door_arguments(parser: argparse.ArgumentParser) -> None:
+    """The connection limits of every HTTP port the command opens (`up`: the gateway's and the control API's)."""
+    from llmserve.frontdoor import add_front_door_arguments
+
+    add_front_door_arguments(parser)
+
+
+def _front_door(args: argparse.Namespace) -> FrontDoorSettings:
+    from llmserve.frontdoor import front_door_from_args
+
+    return front_door_from_args(args.subparser, args)
 
 
 def _tracing_argument(parser: argparse.ArgumentParser, what: str) -> None:
@@ -519,17 +604,30 @@ def _gateway_settings(args: argparse.Namespace) -> GatewaySettings:
 
     keys = [k for k in args.api_key if k]
     keys += [k.strip() for k in os.environ.get("LLMSERVE_API_KEYS", "").split(",") if k.strip()]
-    return GatewaySettings(
-        tracing=_tracing_settings(args),
-        host=args.host,
-        port=args.port,
-        grpc_port=args.grpc_port,
-        api_keys=tuple(SecretStr(k) for k in keys),
-        max_body_bytes=args.max_body_bytes,
-        access_log=args.access_log,
-        routing_profiles_dir=str(args.routing_profiles) if args.routing_profiles else None,
-        default_routing_profile=args.default_routing_profile,
-    )
+    try:
+        return GatewaySettings(
+            tracing=_tracing_settings(args),
+            host=args.host,
+            port=args.port,
+            grpc_port=args.grpc_port,
+            api_keys=tuple(SecretStr(k) for k in keys),
+            max_body_bytes=args.max_body_bytes,
+            access_log=args.access_log,
+            routing_profiles_dir=str(args.routing_profiles) if args.routing_profiles else None,
+            default_routing_profile=args.default_routing_profile,
+            front_door=_front_door(args),
+            drain_timeout_s=args.drain_timeout,
+            max_requests_per_replica=args.max_requests_per_replica or None,
+            max_tokens_per_replica=args.max_tokens_per_replica or None,
+            activator_queue_depth=args.queue_depth,
+            admission_timeout_s=args.admission_timeout,
+            upstream_first_byte_timeout_s=args.first_byte_timeout or None,
+            upstream_stream_idle_timeout_s=args.stream_idle_timeout or None,
+            outlier_consecutive_failures=args.outlier_failures,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UsageError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
 
 
 def _tracing_settings(args: argparse.Namespace) -> TracingSettings:
@@ -581,6 +679,7 @@ def _control_plane(
         gateway_api_key=SecretStr(gateway_key) if gateway_key else None,
         worker_tracing=_worker_tracing(args),
         revision_retire_after_s=args.revision_retire_after,
+        drain_s=args.drain_timeout,
     )
     backend: Backend
     if args.backend == "ray":
@@ -597,7 +696,15 @@ def _control_plane(
         backend = LocalBackend(
             settings.replica_host, args.log_dir, warm_pool=pool, leases=leases, python=settings.python
         )
-    return ControlPlane(backend, settings, host=host, port=args.control_port, token=token, state_dir=state_dir)
+    return ControlPlane(
+        backend,
+        settings,
+        host=host,
+        port=args.control_port,
+        token=token,
+        state_dir=state_dir,
+        front_door=_front_door(args),
+    )
 
 
 def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
@@ -625,6 +732,18 @@ async def _until_signalled() -> int:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+@contextlib.asynccontextmanager
+async def _second_signal_cuts(drain: Drain) -> AsyncIterator[None]:
+    """While a gateway drains, a second SIGINT / SIGTERM cuts the drain short: what is in flight ends now (503 or
+    a last error frame) and the shutdown goes on cleanly (no replica is left behind)."""
+    again = asyncio.ensure_future(_until_signalled())
+    again.add_done_callback(lambda done: None if done.cancelled() else drain.cut())
+    try:
+        yield
+    finally:
+        again.cancel()
 
 
 def _with_ray(args: argparse.Namespace, run: Callable[[], None]) -> None:
@@ -668,7 +787,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     if args.workers > 1:
         from gateway.multiprocess import run_gateway_processes
 
-        return run_gateway_processes(args.workers, _child_argv(args.argv))
+        return run_gateway_processes(args.workers, _child_argv(args.argv), stop_grace_s=args.drain_timeout + 5)
     url = args.controller or f"http://127.0.0.1:{DEFAULT_CONTROL_PORT}"
     token = _client_token(args.control_token, args.state_dir)
     link = ControlLinkSettings(url=url, token=SecretStr(token) if token else None)
@@ -682,7 +801,8 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         signalled = asyncio.ensure_future(_until_signalled())
         await asyncio.wait({stopped, signalled}, return_when=asyncio.FIRST_COMPLETED)
         signalled.cancel()
-        await plane.stop()
+        async with _second_signal_cuts(plane.gateway.drain):
+            await plane.stop()
 
     _event_loop_runner()(serve())
     return 0
@@ -734,8 +854,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
             signalled.cancel()
             announcer.cancel()
         finally:
-            await gateway.stop()
-            await control.stop()
+            async with _second_signal_cuts(gateway.gateway.drain):
+                await gateway.stop()
+                await control.stop()
             log.info("stopped")
 
     _with_ray(args, lambda: _event_loop_runner()(serve()))

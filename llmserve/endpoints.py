@@ -50,6 +50,8 @@ class ServiceInfo:
     traffic: tuple[TrafficTarget, ...] = ()  # the split between revisions (empty: every endpoint, no split)
     transformer_timeout_s: float | None = None  # set when it has a transformer: its hook timeout
     logger: LogPolicy | None = None  # payload logging of its exchanges
+    max_requests_per_replica: int | None = None  # load cap per replica; None: the gateway's default
+    max_tokens_per_replica: int | None = None  # load cap in tokens in flight per replica; None: the gateway's
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from typing import Literal
 import orjson
 
 from gateway.asgi import ClientDisconnected, Receive, Scope, Send, read_body, send_bytes
+from gateway.drain import Drain, shutting_down
 from gateway.graph.interpreter import GraphRouter
 from gateway.streaming import DisconnectWatch, Reply
 from llmserve.protocol.errors import ServingError
@@ -43,13 +44,16 @@ async def answer_client(
     *,
     errors: ErrorStyle = "graph",
     headers: Sequence[tuple[bytes, bytes]] = (),
+    drain: Drain | None = None,
 ) -> int:
     """Run `router` on `body` (the request body, already read) and send its answer (with `headers` added, e.g. the
-    request id); returns the status sent (499 when the client went away first)."""
+    request id); returns the status sent (499 when the client went away first). `drain`: the gateway's graceful
+    drain, which may cut the graph at its deadline (gateway/drain.py)."""
     echo = list(headers)
     reply = Reply(send, echo)
     watch = DisconnectWatch(receive)
     watch.start()
+    task = drain.track() if drain is not None else None
     try:
         answer = await router.run(body, list(scope["headers"]))
         if isinstance(answer.body, bytes):
@@ -73,13 +77,12 @@ async def answer_client(
             await chunks.aclose()
         return answer.status
     except ServingError as error:
-        if reply.started:
-            await reply.error_frame(error)
-        else:
-            extra = [(k.encode(), v.encode()) for k, v in error.headers.items()]
-            await send_bytes(send, error.status, render_error(error, errors), headers=[*extra, *echo])
-        return error.status
+        return await _fail(error, reply, send, errors, echo)
     except asyncio.CancelledError:
+        if drain is not None and drain.cut_here(task):
+            with contextlib.suppress(Exception):
+                return await _fail(shutting_down(), reply, send, errors, echo)
+            return 503
         if not watch.gone:
             raise
         task = asyncio.current_task()
@@ -93,7 +96,20 @@ async def answer_client(
             await send_bytes(send, 500, render_error(failure, errors), headers=echo)
         return 500
     finally:
+        if drain is not None:
+            drain.untrack(task)
         watch.stop()
+
+
+async def _fail(
+    error: ServingError, reply: Reply, send: Send, errors: ErrorStyle, echo: list[tuple[bytes, bytes]]
+) -> int:
+    if reply.started:
+        await reply.error_frame(error)
+    else:
+        extra = [(k.encode(), v.encode()) for k, v in error.headers.items()]
+        await send_bytes(send, error.status, render_error(error, errors), headers=[*extra, *echo])
+    return error.status
 
 
 def _content_type(headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -117,8 +133,10 @@ class GraphApp:
         max_body_bytes: int = 10 * 1024 * 1024,
         observe: Observe | None = None,
         headers: Callable[[Scope], Sequence[tuple[bytes, bytes]]] | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self.routers = routers
+        self.drain = drain
         self.max_body_bytes = max_body_bytes
         self.observe = observe
         self.headers = headers
@@ -156,7 +174,7 @@ class GraphApp:
             return name, error.status
         except ClientDisconnected:
             return name, 499
-        return name, await answer_client(router, body, scope, receive, send, headers=echo)
+        return name, await answer_client(router, body, scope, receive, send, headers=echo, drain=self.drain)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

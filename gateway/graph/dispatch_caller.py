@@ -18,6 +18,7 @@ from gateway.graph.steps import JSON_TYPE, Headers, StepAnswer, StepTarget
 from gateway.graph.targets import service_request
 from gateway.routing import RouteContext
 from gateway.v2.services import V2Services
+from gateway.worker_errors import WorkerErrorKind
 from llmserve.endpoints import ServiceInfo
 from llmserve.protocol.errors import ServingError
 from llmserve.protocol.openai import (
@@ -64,9 +65,9 @@ class DispatchStepCaller:
             response = hop.response(response)
         answer = await step_answer(response, target.label, stream, on_end=dispatched.release)
         if isinstance(answer.body, bytes):
-            own = self.dispatcher.worker_error(dispatched.endpoint, answer.status, answer.body)
-            if own is not None:
-                raise own
+            failure = self.dispatcher.worker_error(dispatched.endpoint, answer.status, answer.body, path=path)
+            if failure is not None and failure.kind is WorkerErrorKind.ENGINE_DEAD:
+                raise failure.error
         return answer
 
     def _service(self, target: StepTarget) -> ServiceInfo:

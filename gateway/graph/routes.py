@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from gateway.asgi import ASGIApp, Receive, Scope, Send, header, send_bytes, send_json
 from gateway.auth import BearerKeys
 from gateway.dispatch import Dispatcher, next_request_id
+from gateway.drain import Drain
 from gateway.fastpath import GatewayApp
 from gateway.graph.asgi import GraphApp, answer_client, render_error
 from gateway.graph.dispatch_caller import DispatchStepCaller
@@ -40,14 +41,18 @@ class GraphRoutes:
         *,
         settings: GraphRouterSettings | None = None,
         max_body_bytes: int = 10 * 1024 * 1024,
+        drain: Drain | None = None,
     ) -> None:
         self._source = source
+        self._drain = drain
         self._call = call
         self._settings = settings or GraphRouterSettings()
         self._metrics = metrics
         self.routers: dict[str, GraphRouter] = {}
         self._exposed: dict[str, GraphRouter] = {}
-        self.app = GraphApp(self.routers, max_body_bytes=max_body_bytes, observe=self._observe, headers=_echo)
+        self.app = GraphApp(
+            self.routers, max_body_bytes=max_body_bytes, observe=self._observe, headers=_echo, drain=drain
+        )
         source.subscribe_graphs(self._changed)
         for name in list(source.graphs()):
             self._changed(name)
@@ -63,7 +68,9 @@ class GraphRoutes:
         self, router: GraphRouter, body: bytes, scope: Scope, receive: Receive, send: Send, headers: Headers
     ) -> int:
         """Run an exposed graph on a chat request (already read and checked); errors in OpenAI's envelope."""
-        return await answer_client(router, body, scope, receive, send, errors="openai", headers=headers)
+        return await answer_client(
+            router, body, scope, receive, send, errors="openai", headers=headers, drain=self._drain
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["path"] in (PREFIX, PREFIX + "/"):
@@ -126,6 +133,7 @@ def attach_graphs(
         dispatcher.deps.metrics,
         settings=settings,
         max_body_bytes=dispatcher.deps.settings.max_body_bytes,
+        drain=dispatcher.deps.drain,
     )
     app.add_fast_prefix(PREFIX, routes, accept=_graph_path, key_check=GraphKeyCheck)
     return routes

@@ -7,6 +7,8 @@ requests that never reached a worker, holding in the activator, the ledger) is g
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import orjson
 from starlette.routing import Route
 
@@ -20,7 +22,6 @@ from gateway.routing import RouteContext
 from gateway.streaming import RelayStats, Reply, relay
 from gateway.transform import TransformerHop
 from gateway.upstream import UpstreamError, UpstreamResponse
-from llmserve.endpoints import ServiceInfo
 from llmserve.protocol.errors import ServingError
 from llmserve.protocol.openai import OpenAIRequest, parse_request
 from llmserve.traffic import REVISION_HEADER
@@ -135,49 +136,43 @@ class OpenAIProxy:
             dispatched.first_token()
             span.first_token()
 
+        def stream_errors(chunk: bytes) -> bytes:
+            return self.dispatcher.worker_stream_errors(dispatched.endpoint, chunk, path=path, model=ctx.request.model)
+
+        path = self.path.decode()
         try:
             if response.status >= 400:
-                return await self._relay_worker_error(ctx.service, response, dispatched, reply)
+                await self._raise_worker_error(ctx, response, dispatched)
             if hop is not None:
                 response = hop.response(response)
             gaps = self.metrics.inter_token(exchange.model, self.route) if ctx.request.streamed else None
-            return await relay(response, reply, on_first_chunk=first_chunk, on_gap=gaps)
+            stats = await relay(response, reply, on_first_chunk=first_chunk, on_gap=gaps, rewrite_errors=stream_errors)
+            if stats.status == 502:  # the stream broke or went idle mid-way: a failure of the replica's
+                self.dispatcher.ejector.observed(dispatched.endpoint, failed=True, what="stream broke")
+            return stats
         finally:
             response.abort()  # no-op when the response completed; otherwise the worker stops generating
             dispatched.release()
 
-    async def _relay_worker_error(
-        self, service: ServiceInfo, response: UpstreamResponse, dispatched: Dispatched, reply: Reply
-    ) -> RelayStats:
-        """Relay a worker's error if it is in OpenAI's envelope already; otherwise put it in one."""
+    async def _raise_worker_error(
+        self, ctx: RouteContext, response: UpstreamResponse, dispatched: Dispatched
+    ) -> NoReturn:
+        """A worker's error answer, as the error policy has the client see it (gateway/worker_errors.py)."""
         try:
             detail = await response.read()
         except UpstreamError as exc:
             raise ServingError.upstream_failure(str(exc)) from None
-        own = self.dispatcher.worker_error(dispatched.endpoint, response.status, detail)
-        if own is not None:
-            raise own
-        envelope = _openai_error(detail)
-        if envelope is not None:
-            if reply.started:
-                await reply.error_frame(ServingError(response.status, envelope.get("message", "worker error")))
-            else:
-                reply.started = True
-                headers = [(b"content-type", b"application/json"), (b"content-length", str(len(detail)).encode())]
-                await reply.send({"type": "http.response.start", "status": response.status,
-                                  "headers": [*headers, *reply.headers]})  # fmt: skip
-                await reply.send({"type": "http.response.body", "body": detail})
-            return RelayStats(status=response.status)
-        text = detail[:300].decode("utf-8", "replace")
-        if response.status == 404:
+        if response.status == 404 and _openai_error(detail) is None:  # the route, not the model, is not served
             raise ServingError.bad_request(
-                f"The model '{service.model_name}' does not serve {self.path.decode()}.",
+                f"The model '{ctx.service.model_name}' does not serve {self.path.decode()}.",
                 param="model",
                 code="unsupported_endpoint",
             )
-        if response.status >= 500:
-            raise ServingError.upstream_failure(f"HTTP {response.status}: {text}")
-        raise ServingError(response.status, text or f"The worker answered HTTP {response.status}.")
+        failure = self.dispatcher.worker_error(
+            dispatched.endpoint, response.status, detail, path=self.path.decode(), model=ctx.request.model
+        )
+        assert failure is not None  # status >= 400
+        raise failure.error
 
     def _record(self, exchange: Exchange, stats: RelayStats | None) -> None:
         metrics = self.metrics

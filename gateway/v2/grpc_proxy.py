@@ -32,6 +32,7 @@ from gateway.v2.channels import ChannelCache
 from gateway.v2.server import EXTENSIONS, NAME, VERSION, not_ready_message
 from gateway.v2.services import V2Services
 from llmserve.endpoints import ServiceInfo
+from llmserve.frontdoor import grpc_server_options
 from llmserve.protocol.errors import ServingError
 from llmserve.protocol.v2_grpc import open_inference_grpc_pb2 as pb
 
@@ -78,6 +79,7 @@ class GrpcProxy:
         self.port = 0
         self._server: aio.Server | None = None
         self._channels: ChannelCache | None = None
+        self._stopping: asyncio.Future[None] | None = None
         self._metadata = pb.ServerMetadataResponse(name=NAME, version=VERSION, extensions=EXTENSIONS)
 
     @property
@@ -92,7 +94,7 @@ class GrpcProxy:
         )
         server = aio.server(
             options=[
-                ("grpc.max_receive_message_length", limit),
+                *grpc_server_options(self.deps.settings.front_door, max_message_bytes=limit),
                 ("grpc.max_send_message_length", -1),
                 # A port in use is an error, unless several gateway processes share the port on purpose.
                 ("grpc.so_reuseport", 1 if self.deps.settings.reuse_port else 0),
@@ -108,6 +110,13 @@ class GrpcProxy:
         return self.port
 
     async def stop(self, grace_s: float = 1.0) -> None:
+        """No new calls; those in flight get `grace_s`. A second call waits for the first stop (a drain's grace
+        is not shortened by the lifespan's own stop)."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(grace_s))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace_s: float) -> None:
         if self._server is not None:
             await self._server.stop(grace_s)
         if self._channels is not None:

@@ -4,7 +4,8 @@ Per request: read the body (413 beyond the limit), resolve the model to a V2 ser
 replica (gateway/dispatch.py: least-request placement, the activator at zero replicas, retries of requests that
 never reached a runtime), forward method, path, query and body unchanged with the headers that matter, and relay the
 runtime's status, body and headers back. Bad bodies are the runtime's business: they are forwarded, and its
-`{"error": ...}` answer is relayed as is.
+`{"error": ...}` answer is relayed as is (gateway/worker_errors.py `relayed_v2`: not a 401/403/405 meant for the
+gateway, nor a body in another envelope, which get the gateway's own words).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from gateway.upstream import Headers, UpstreamError, UpstreamResponse
 from gateway.v2.errors import method_not_allowed, not_found, send_v2_error
 from gateway.v2.paths import Target
 from gateway.v2.services import V2Services
+from gateway.worker_errors import WorkerErrorKind, relayed_v2
 from llmserve.protocol.errors import ServingError
 from llmserve.traffic import REVISION_HEADER
 
@@ -76,9 +78,11 @@ class V2Proxy:
                 logged.exchange.routed(dispatched.endpoint.revision)
             try:
                 detail = await _read(hop.response(response) if hop is not None else response)
-                own = self.dispatcher.worker_error(dispatched.endpoint, response.status, detail)
-                if own is not None:
-                    raise own
+                failure = self.dispatcher.worker_error(dispatched.endpoint, response.status, detail, path=path)
+                if failure is not None and (
+                    failure.kind is WorkerErrorKind.ENGINE_DEAD or not relayed_v2(response.status, detail)
+                ):
+                    raise failure.error
                 return await _send_whole(response.status, response.headers, detail, send, echo)
             finally:
                 response.abort()  # no-op when complete; otherwise the connection is closed

@@ -16,11 +16,12 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
+import signal
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import uvicorn
 import uvloop
 
 from llmserve.frontdoor import add_front_door_arguments, front_door_from_args, grpc_server_options, uvicorn_config
@@ -32,6 +33,7 @@ from llmserve.runtimes.model import V2Model
 from llmserve.runtimes.repository import ModelRepository
 from llmserve.runtimes.rest import RuntimeApp
 from llmserve.runtimes.settings import ModelSettings, RuntimeSettings, parse_model_arg, scan_repository
+from llmserve.serving import ManagedServer
 from llmserve.spec.models import parse_quantity
 from llmserve.storage import ModelCache, fetch_model_dir
 
@@ -90,6 +92,8 @@ class Runtime:
 
 
 async def serve(settings: RuntimeSettings) -> None:
+    """Serve until SIGTERM / SIGINT, then drain: no new connections or calls, those in flight get
+    settings.drain_timeout_s to finish, then both servers stop."""
     runtime = Runtime(settings)
     config = uvicorn_config(
         runtime.app,
@@ -100,16 +104,32 @@ async def serve(settings: RuntimeSettings) -> None:
         lifespan="on",
         access_log=False,
         log_level="warning",
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
     )
-    server = uvicorn.Server(config)
+    server = ManagedServer(config)  # the signals are ours: both servers drain together
     grpc_server = None
     if settings.grpc_port is not None:
         grpc_server = await _start_grpc(runtime, settings.host, settings.grpc_port)
+    loop = asyncio.get_running_loop()
+    stopping_grpc: list[asyncio.Future[None]] = []
+
+    def drain() -> None:
+        if server.should_exit:
+            return
+        log.info("draining: in-flight requests may finish for %g s", settings.drain_timeout_s)
+        server.should_exit = True
+        if grpc_server is not None:
+            stopping_grpc.append(asyncio.ensure_future(grpc_server.stop(grace=settings.drain_timeout_s)))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, drain)
     try:
         await server.serve()
     finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
         if grpc_server is not None:
-            await grpc_server.stop(grace=1.0)
+            await (stopping_grpc[0] if stopping_grpc else grpc_server.stop(grace=1.0))
 
 
 async def _start_grpc(runtime: Runtime, host: str, port: int) -> grpc.aio.Server:
@@ -145,6 +165,9 @@ def parse_args(argv: list[str] | None = None) -> RuntimeSettings:
     parser.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024)
     parser.add_argument("--cache-dir", type=Path, default=None, help="where remote artifacts are cached")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--drain-timeout", type=float, default=30.0, help="s: in-flight requests may finish after SIGTERM"
+    )
     add_front_door_arguments(parser)
     args = parser.parse_args(argv)
     try:
@@ -169,6 +192,7 @@ def parse_args(argv: list[str] | None = None) -> RuntimeSettings:
         memory_budget_bytes=budget,
         max_body_bytes=args.max_body_bytes,
         front_door=front_door_from_args(parser, args),
+        drain_timeout_s=args.drain_timeout,
         cache_dir=args.cache_dir,
         log_level=args.log_level,
     )

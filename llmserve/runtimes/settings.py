@@ -95,6 +95,12 @@ class RuntimeSettings(BaseModel):
         description="Connection limits of the REST and gRPC ports (header size and count, read deadlines, a cap "
         "on connections).",
     )
+    drain_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Graceful drain on SIGTERM / Ctrl-C: the ports stop taking connections and calls at once, "
+        "requests in flight may finish for this long, then the process exits (what is left is cut).",
+    )
     cache_dir: Path | None = Field(
         default=None, description="Where remote artifacts are cached; default: LLMSERVE_CACHE or ~/.cache."
     )

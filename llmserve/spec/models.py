@@ -157,6 +157,21 @@ class RoutingSpec(_Strict):
         description="Routing profile (built in: token-aware, least-request, round-robin, prefix-chars; or one "
         "from --routing-profiles). Default: the gateway's default (token-aware).",
     )
+    max_requests_per_replica: int | None = Field(
+        default=None,
+        ge=1,
+        alias="maxRequestsPerReplica",
+        description="Load cap: requests a gateway has in flight on one replica at most; more wait in the gateway's "
+        "bounded queue (429 + Retry-After beyond it) instead of piling up in the worker. Default: the gateway's "
+        "(256).",
+    )
+    max_tokens_per_replica: int | None = Field(
+        default=None,
+        ge=1,
+        alias="maxTokensPerReplica",
+        description="Load cap in tokens (prompt + expected output) a gateway has in flight on one replica. "
+        "Default: the gateway's (none).",
+    )
 
 
 class AutoscalingSpec(_Strict):

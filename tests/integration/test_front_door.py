@@ -1,7 +1,8 @@
-"""Connection limits at the front door (llmserve/frontdoor.py) on two real ports: a gateway app served through
-uvicorn_config, and the V2 runtime as its own process. Deadlines here are short (1.5 s) so the tests are quick;
-each is checked from both sides with event waits: the connection is still open shortly before the deadline, and
-it is answered and closed by a generous bound after it (a loaded machine delays a timer, it never fires early)."""
+"""Connection limits at the front door (llmserve/frontdoor.py) on every listening port of the project: the gateway's
+and the control API's (a real `llmserve up`, flags on its command line) and the V2 runtime's (its own process).
+Deadlines here are short (1.5 s) so the tests are quick; each is checked from both sides with event waits: the
+connection is still open shortly before the deadline, and it is answered and closed by a generous bound after it (a
+loaded machine delays a timer, it never fires early)."""
 
 from __future__ import annotations
 
@@ -10,19 +11,15 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
-from gateway.app import create_app
-from gateway.settings import GatewaySettings
-from llmserve.endpoints import Endpoint, EndpointRegistry, ServiceInfo
 from llmserve.frontdoor import FrontDoorSettings
-from tests.support.fake_worker import FakeWorker
 from tests.support.raw_http import RawConnection, parse_response, request_head
-from tests.support.servers import serving
+from tests.support.up import Up, llmserve_up, sim_service
 from tests.support.v2_runtime import runtime_process
 from tests.support.waiting import eventually
 
@@ -35,6 +32,25 @@ LIMITS = FrontDoorSettings(
     max_connections=4,
 )
 LATE_S = 6.0  # generous: how late after its deadline a refusal may come on a loaded machine
+FLAGS = [
+    "--max-header-bytes", str(LIMITS.max_header_bytes), "--max-header-count", str(LIMITS.max_header_count),
+    "--header-timeout", str(DEADLINE_S), "--body-idle-timeout", str(DEADLINE_S),
+    "--max-connections", str(LIMITS.max_connections),
+]  # fmt: skip
+# A simulated worker whose every engine step takes 2.5 s: a stream with gaps longer than both deadlines.
+SLOW_SIM = """\
+apiVersion: serving.llmserve.io/v1alpha1
+kind: InferenceService
+metadata:
+  name: slow
+spec:
+  predictor:
+    model:
+      modelFormat: {{name: huggingface}}
+      runtime: vllm-sim
+      storageUri: file://{model_dir}
+      args: ["--profile", "cpu-smollm2", "--step-floor-ms", "2500"]
+"""
 
 
 @dataclass
@@ -42,40 +58,44 @@ class Port:
     url: str
     get: str  # a cheap GET that answers 200
     post: str  # a POST that reads its body
-    v2_envelope: bool
+    v2_envelope: bool  # errors are {"error": "..."} (else OpenAI's envelope)
     grpc_port: int = 0
+    auth: list[tuple[str, str]] = field(default_factory=list)  # what the POST needs to be read
 
 
 @pytest.fixture(scope="module")
-def gateway_port() -> Iterator[Port]:
-    registry = EndpointRegistry()
-    with ExitStack() as stack:
-        worker = stack.enter_context(serving(FakeWorker("w0")))
-        registry.declare_service(ServiceInfo(name="m", model_name="m"))
-        registry.publish(Endpoint(service="m", replica_id="m-0", url=worker.url))
-        gateway = stack.enter_context(serving(create_app(GatewaySettings(), registry), front_door=LIMITS))
-        yield Port(gateway.url, "/v1/models", "/v1/chat/completions", v2_envelope=False)
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    work = tmp_path_factory.mktemp("front-door-up")
+    with llmserve_up(sim_service(work, SLOW_SIM), work, *FLAGS) as running:
+        running.wait(lambda: running.service("slow")["ready_replicas"] == 1, 60, "the simulated replica")
+        yield running
+
+
+@pytest.fixture(scope="module")
+def gateway_port(up: Up) -> Port:
+    return Port(up.url, "/health", "/v1/chat/completions", v2_envelope=False)
+
+
+@pytest.fixture(scope="module")
+def control_port(up: Up) -> Port:
+    token = up.control_headers["authorization"]
+    return Port(up.control_url, "/health", "/control/v1/demand", v2_envelope=True, auth=[("authorization", token)])
 
 
 @pytest.fixture(scope="module")
 def runtime_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Port]:
     work = tmp_path_factory.mktemp("front-door-runtime")
     (work / "models").mkdir()
-    args = [
-        "--model-repository", str(work / "models"),
-        "--max-header-bytes", str(LIMITS.max_header_bytes), "--max-header-count", str(LIMITS.max_header_count),
-        "--header-timeout", str(DEADLINE_S), "--body-idle-timeout", str(DEADLINE_S),
-        "--max-connections", str(LIMITS.max_connections),
-    ]  # fmt: skip
-    with runtime_process(args, work / "runtime.log") as runtime:
+    with runtime_process(["--model-repository", str(work / "models"), *FLAGS], work / "runtime.log") as runtime:
         yield Port(
             runtime.url, "/v2/health/live", "/v2/models/none/infer", v2_envelope=True, grpc_port=runtime.grpc_port
         )
 
 
-@pytest.fixture(params=["gateway", "v2-runtime"])
+@pytest.fixture(params=["gateway", "control-api", "v2-runtime"])
 def port(request: pytest.FixtureRequest) -> Port:
-    return request.getfixturevalue("gateway_port" if request.param == "gateway" else "runtime_port")  # type: ignore[no-any-return]
+    fixture = {"gateway": "gateway_port", "control-api": "control_port", "v2-runtime": "runtime_port"}[request.param]
+    return request.getfixturevalue(fixture)  # type: ignore[no-any-return]
 
 
 def error_message(port: Port, body: object) -> str:
@@ -137,7 +157,9 @@ def test_slowloris_head_is_cut_at_the_header_deadline(port: Port) -> None:
 
 
 def test_a_body_that_stops_is_cut_at_the_idle_deadline(port: Port) -> None:
-    head = request_head("POST", port.post, [("content-type", "application/json"), ("content-length", "100000")])
+    head = request_head(
+        "POST", port.post, [("content-type", "application/json"), ("content-length", "100000"), *port.auth]
+    )
     with RawConnection(port.url) as conn:
         conn.send(head)
         # A fast enough body keeps coming for longer than the deadline, each part within it: the connection stays.
@@ -160,7 +182,9 @@ def test_a_body_that_stops_is_cut_at_the_idle_deadline(port: Port) -> None:
 
 def test_a_body_trickled_byte_by_byte_is_cut(port: Port) -> None:
     """The issue's slow client: a byte every few tenths of a second is never idle long, but far below 500 B/s."""
-    head = request_head("POST", port.post, [("content-type", "application/json"), ("content-length", "100000")])
+    head = request_head(
+        "POST", port.post, [("content-type", "application/json"), ("content-length", "100000"), *port.auth]
+    )
     with RawConnection(port.url) as conn:
         conn.send(head)
         began = time.monotonic()
@@ -187,19 +211,25 @@ def test_a_kept_alive_connection_may_idle_between_requests(port: Port) -> None:
 
 
 def test_connections_beyond_the_cap_get_503_at_once(port: Port) -> None:
+    """Connections are admitted up to the cap (fewer on the control API: the gateway's own watch holds one), the
+    next one gets 503 at once; once one closes, a new one is admitted."""
     with ExitStack() as stack:
-        held = [stack.enter_context(RawConnection(port.url)) for _ in range(LIMITS.max_connections)]
-        for conn in held:  # a served request on each: the server has surely counted it
+        held: list[RawConnection] = []
+        refused = None
+        for _ in range(LIMITS.max_connections + 1):
+            conn = stack.enter_context(RawConnection(port.url))
             conn.send(request_head("GET", port.get))
-            assert conn.read_response().status == 200
-        with RawConnection(port.url) as extra:
-            extra.send(request_head("GET", port.get))
-            raw = extra.read_to_end(LATE_S)
-        assert raw is not None
-        response = parse_response(raw)
-        assert response.status == 503
-        assert response.headers["retry-after"] == "1"
-        assert "too many open connections" in error_message(port, response.json())
+            response = conn.read_response()
+            if response.status != 200:
+                refused = response
+                break
+            held.append(conn)  # a served request on each: the server has surely counted it
+        assert refused is not None, f"{len(held)} connections admitted, over the cap of {LIMITS.max_connections}"
+        assert 1 <= len(held) <= LIMITS.max_connections
+        assert refused.status == 503
+        assert refused.headers["retry-after"] == "1"
+        assert refused.headers["connection"] == "close"
+        assert "too many open connections" in error_message(port, refused.json())
         held.pop().close()
 
         def admitted() -> bool:
@@ -211,19 +241,24 @@ def test_connections_beyond_the_cap_get_503_at_once(port: Port) -> None:
 
 
 def test_a_long_stream_is_not_cut(gateway_port: Port) -> None:
-    """An SSE stream with pauses longer than both deadlines runs to its end."""
-    body = {
-        "model": "m",
-        "messages": [{"role": "user", "content": "hi"}],
-        "stream": True,
-        "max_tokens": 3,
-        "x_delay_ms": DEADLINE_S * 1000 + 700,
-    }
-    with httpx.stream("POST", f"{gateway_port.url}/v1/chat/completions", json=body, timeout=30) as response:
+    """An SSE stream through the gateway whose chunks come 2.5 s apart (longer than both deadlines) runs to its
+    end."""
+    body = {"model": "slow", "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 2}
+    with httpx.stream("POST", f"{gateway_port.url}/v1/chat/completions", json=body, timeout=60) as response:
         assert response.status_code == 200
         lines = [line for line in response.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
-    assert len(lines) == 4
+    assert len([line for line in lines if '"delta"' in line]) >= 2
+
+
+def test_the_cli_validates_the_limits(tmp_path: Path) -> None:
+    for command in (["llmserve", "gateway"], ["llmserve", "controller"], ["llmserve", "up"]):
+        out = subprocess.run(
+            [sys.executable, "-m", *command, "--max-header-count", "0"],
+            capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+        )  # fmt: skip
+        assert out.returncode == 2, command
+        assert "max_header_count" in out.stderr, command
 
 
 def test_the_runtime_cli_validates_the_limits(tmp_path: Path) -> None:

@@ -215,7 +215,7 @@ def test_an_engine_dead_answer_is_the_gateways_502_and_the_replica_is_ejected() 
         assert response.status_code == 502
         assert response.headers["retry-after"] == "5"
         error = response.json()["error"]
-        assert error["code"] == "upstream_error"
+        assert error["code"] == "worker_engine_dead"
         assert "EngineCore" not in error["message"]  # the gateway's own words, not the worker's internals
         ready = s.on_loop(s.parts.endpoints.ready_endpoints, "engine-dead")
         assert len(ready) == 1  # the replica that answered it is out of rotation here  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 
 from gateway.app import create_app
-from gateway.openapi import attach_openapi, openapi_document
+from gateway.openapi import openapi_document
 from gateway.settings import GatewaySettings
 from llmserve.endpoints import Endpoint, EndpointRegistry, ServiceInfo
 from llmserve.frontdoor import FrontDoorSettings
@@ -57,7 +57,6 @@ def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         registry.declare_service(ServiceInfo(name="iris", model_name="iris", protocol="v2"))
         registry.publish(Endpoint(service="iris", replica_id="iris-0", url=v2.url))
         app = create_app(GatewaySettings(activator_timeout_s=1.0), registry)
-        attach_openapi(app)  # what the lead's create_app will do itself
         gateway = stack.enter_context(serving(app, front_door=FrontDoorSettings()))
         yield gateway.url
 

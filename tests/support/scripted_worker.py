@@ -10,6 +10,8 @@ Steps:
   answer; a client that leaves meanwhile is noticed.
 - `StallMidStream(after_chunks)`: a 200 SSE stream that sends `after_chunks` chunks, then nothing until `release()`
   (then the rest and [DONE]) or until the client leaves.
+- `ErrorMidStream(after_chunks, payload)`: a 200 SSE stream that sends `after_chunks` chunks, then `data: payload`
+  (an error event, as vLLM reports a failure after the stream started) and [DONE].
 - `Respond(status, body, content_type)`: that response (a 5xx, a 4xx...).
 - `EngineDead()`: vLLM's real 500 after its engine died (tests/fixtures/vllm_errors.json).
 - `Reset()`: the connection is reset (RST) without a response, after the request was read.
@@ -53,6 +55,12 @@ class StallMidStream:
 
 
 @dataclass(frozen=True)
+class ErrorMidStream:
+    after_chunks: int = 1
+    payload: bytes = b'{"error": {"message": "worker failed", "type": "InternalServerError", "code": 500}}'
+
+
+@dataclass(frozen=True)
 class Respond:
     status: int
     body: bytes = b""
@@ -69,7 +77,7 @@ class Reset:
     pass
 
 
-Step = Normal | DelayHeaders | StallMidStream | Respond | EngineDead | Reset
+Step = Normal | DelayHeaders | StallMidStream | ErrorMidStream | Respond | EngineDead | Reset
 
 
 def engine_dead_body() -> bytes:
@@ -119,6 +127,8 @@ class ScriptedWorker(FakeWorker):
                 await self.answer(scope, receive, send, request)
         elif isinstance(step, StallMidStream):
             await self._stall_stream(send, receive, request, scope["path"] == "/v1/chat/completions", step)
+        elif isinstance(step, ErrorMidStream):
+            await self._error_stream(send, request, scope["path"] == "/v1/chat/completions", step)
         elif isinstance(step, Respond):
             await _send(send, step.status, step.body, step.content_type)
         elif isinstance(step, EngineDead):
@@ -136,6 +146,14 @@ class ScriptedWorker(FakeWorker):
         released.cancel()
         gone.cancel()
         return gone not in done
+
+    async def _error_stream(self, send: Any, request: dict[str, Any], chat: bool, step: ErrorMidStream) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        for i in range(step.after_chunks):
+            frame = b"data: " + orjson.dumps(_chunk(request, chat, i, self.name)) + b"\n\n"
+            await send({"type": "http.response.body", "body": frame, "more_body": True})
+        tail = b"data: " + step.payload + b"\n\ndata: [DONE]\n\n"
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     async def _stall_stream(
         self, send: Any, receive: Any, request: dict[str, Any], chat: bool, step: StallMidStream

@@ -12,6 +12,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from llmserve.frontdoor import add_front_door_arguments, front_door_from_args
+
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m llmserve.runtimes.retriever", description=__doc__)
@@ -28,7 +30,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--top-k", type=int, default=2, help="passages per question")
     parser.add_argument("--index-within-s", type=float, default=600.0, help="how long to wait for embeddings")
     parser.add_argument("--log-level", default="info")
+    add_front_door_arguments(parser)
     args = parser.parse_args(argv)
+    front_door = front_door_from_args(parser, args)
     if not args.embeddings_url:
         parser.error(
             "no embeddings service: give --embeddings-url, or run under a controller that knows its gateway "
@@ -38,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     import uvicorn
 
+    from llmserve.frontdoor import uvicorn_config
     from llmserve.runtimes.retriever.app import RetrieverApp
     from llmserve.runtimes.retriever.documents import load_passages
     from llmserve.runtimes.retriever.embedder import Embedder
@@ -50,7 +55,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     key = os.environ.get("LLMSERVE_EMBEDDINGS_API_KEY") or os.environ.get("LLMSERVE_GATEWAY_API_KEY") or None
     embedder = Embedder(args.embeddings_url, args.embeddings_model, api_key=key)
     app = RetrieverApp(args.name, Retriever(passages, embedder, top_k=args.top_k), index_within_s=args.index_within_s)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, lifespan="on")
+    config = uvicorn_config(
+        app, front_door=front_door, host=args.host, port=args.port, log_level="warning", access_log=False, lifespan="on"
+    )
+    uvicorn.Server(config).run()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import uvicorn
 import uvloop
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmserve.frontdoor import FrontDoorSettings, add_front_door_arguments, front_door_from_args, uvicorn_config
 from llmserve.runtimes.transformer.app import TransformerApp
 from llmserve.runtimes.transformer.hooks import HandlerError, load_handler
 
@@ -37,6 +38,9 @@ class TransformerSettings(BaseModel):
     timeout_s: float = Field(default=30.0, gt=0, description="How long one hook call may take (then 504).")
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1, description="Largest body accepted (413).")
     log_level: str = Field(default="info", description="Logging level (debug, info, warning).")
+    front_door: FrontDoorSettings = Field(
+        default_factory=FrontDoorSettings, description="Connection limits of the port (llmserve/frontdoor.py)."
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> TransformerSettings:
@@ -50,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> TransformerSettings:
     parser.add_argument("--timeout-s", type=float, default=30.0, help="limit of one hook call (504 beyond)")
     parser.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024)
     parser.add_argument("--log-level", default="info")
+    add_front_door_arguments(parser)
     args = parser.parse_args(argv)
     try:
         config = json.loads(args.config)
@@ -65,15 +70,16 @@ def parse_args(argv: list[str] | None = None) -> TransformerSettings:
         timeout_s=args.timeout_s,
         max_body_bytes=args.max_body_bytes,
         log_level=args.log_level,
+        front_door=front_door_from_args(parser, args),
     )
 
 
 async def serve(settings: TransformerSettings, app: TransformerApp) -> None:
-    config = uvicorn.Config(
+    config = uvicorn_config(
         app,
+        front_door=settings.front_door,
         host=settings.host,
         port=settings.port,
-        http="httptools",
         lifespan="on",
         access_log=False,
         log_level="warning",

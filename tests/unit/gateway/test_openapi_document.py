@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from gateway.app import create_app
-from gateway.openapi import attach_openapi, openapi_document
+from gateway.openapi import openapi_document
 from gateway.settings import GatewaySettings
 from llmserve.endpoints import EndpointRegistry
 from tests.conftest import REPO, SHARED_SPECS
@@ -27,8 +27,7 @@ def test_the_committed_document_is_what_the_specs_give() -> None:
 
 
 async def test_served_at_openapi_json() -> None:
-    app = create_app(GatewaySettings(), EndpointRegistry())
-    attach_openapi(app)
+    app = create_app(GatewaySettings(), EndpointRegistry())  # build_gateway attaches the document
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
         served = await client.get("/openapi.json")

@@ -233,3 +233,33 @@ async def test_worker_connections_probe_a_silent_peer(serve: Callable[[Handler],
     assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 5
     await pool.close()
+
+
+async def test_a_worker_silent_mid_body_breaks_the_response_but_a_slow_reader_does_not(serve: object) -> None:
+    """watch_idle: the worker's silence counts, time the consumer takes (bytes waiting for it) does not."""
+    go_on = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        writer.write(b"6\r\ndata: \r\n")
+        await writer.drain()
+        await go_on.wait()  # then silent, until the test lets it go on
+        writer.write(b"2\r\n1\n\r\n")
+        await writer.drain()
+        await reader.read()  # silent again, until the gateway closes the connection
+
+    raw = await serve(handler)  # type: ignore[operator]
+    pool = UpstreamPool()
+    response = await pool.request(raw.url, b"POST", b"/", [], b"{}")
+    response.watch_idle(0.2)
+    await asyncio.sleep(0.5)  # the consumer is slow: a chunk waits for it, so nothing is idle
+    assert await response.next_chunk() == b"data: "
+    go_on.set()
+    assert await response.next_chunk() == b"1\n"
+    with pytest.raises(UpstreamError) as silent:
+        await response.next_chunk()
+    assert silent.value.stalled
+    assert "no data from the worker for 0.2 s" in str(silent.value)
+    await asyncio.wait_for(raw.closed.wait(), 5)  # the connection is closed: the worker learns of it
+    await pool.close()

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.worker_errors import WorkerErrorKind, worker_error, worker_stream_error
+from gateway.worker_errors import WorkerErrorKind, relayed_v2, rewrite_stream_errors, worker_error, worker_stream_error
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "vllm_errors.json"
 CASES: dict[str, dict[str, Any]] = {case["name"]: case for case in json.loads(FIXTURE.read_text())["cases"]}
@@ -174,3 +174,29 @@ def test_v2_runtime_errors_keep_their_message() -> None:
 def test_long_messages_are_cut() -> None:
     body = orjson.dumps({"error": {"message": "stop word too long: " + "x" * 5000}})
     assert len(worker_error(400, body).error.message) <= 1000
+
+
+def test_error_events_mid_stream_are_rewritten_and_tokens_are_not() -> None:
+    token = b'data: {"choices": [{"delta": {"content": "error"}}], "note": "\\"error\\""}'
+    dead = b"data: " + orjson.dumps(orjson.loads(CASES["engine_dead_stream"]["body"]))
+    chunk = token + b"\n\n" + dead + b"\n\ndata: [DONE]\n\n"
+    rewritten, found = rewrite_stream_errors(chunk)
+    assert [f.kind for f in found] == [WorkerErrorKind.ENGINE_DEAD]
+    events = rewritten.split(b"\n\n")
+    assert events[0] == token  # a token whose text is "error" passes unchanged
+    assert orjson.loads(events[1].removeprefix(b"data: "))["error"]["code"] == "worker_engine_dead"
+    assert events[2] == b"data: [DONE]"
+    assert rewrite_stream_errors(token + b"\n\n") == (token + b"\n\n", [])
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "relayed"),
+    [
+        (400, b'{"error": "Model \'iris\' failed: ValueError: X has 3 features, but 4 are expected"}', True),
+        (503, b'{"error": "Model \'iris\' is not ready."}', True),
+        (401, b'{"error": "Unauthorized"}', False),  # meant for the gateway, not the client
+        (500, b"Internal Server Error", False),  # not the runtime's envelope
+    ],
+)
+def test_which_v2_answers_are_relayed(status: int, body: bytes, relayed: bool) -> None:
+    assert relayed_v2(status, body) is relayed
