@@ -18,7 +18,7 @@ test: setup lint
 
 setup: $(VENV)/.llmserve-installed
 
-$(VENV)/.llmserve-installed: pyproject.toml scripts/setup.sh
+$(VENV)/.llmserve-installed: pyproject.toml scripts/setup.sh scripts/constraints.txt
 	scripts/setup.sh
 
 lint: setup

@@ -33,7 +33,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 
-if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ] && [ "$STAMP" -nt scripts/setup.sh ]; then
+if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ] && [ "$STAMP" -nt scripts/setup.sh ] \
+    && [ "$STAMP" -nt scripts/constraints.txt ]; then
     exit 0
 fi
 
@@ -46,6 +47,8 @@ PY
 started=$(date +%s)
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+CONSTRAINTS=${LLMSERVE_CONSTRAINTS:-scripts/constraints.txt}
+if [ "$CONSTRAINTS" != none ]; then PIP+=(-c "$CONSTRAINTS"); fi
 
 echo "[setup] installing torch 2.13.0 (CPU build)"
 "${PIP[@]}" install --quiet "torch==2.13.0"
