@@ -102,10 +102,6 @@ class Profile:
     def __post_init__(self) -> None:
         self.learners = [p for p in self.plugins() if callable(getattr(p, "learn", None))]  # type: ignore[misc]
 
-    @property
-    def needs_tokens(self) -> bool:
-        return any(s.needs_tokens for s, _ in self.scorers) or any(f.needs_tokens for f in self.filters)
-
     def plugins(self) -> Iterable[object]:
         yield from self.filters
         yield from (s for s, _ in self.scorers)
