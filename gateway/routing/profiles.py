@@ -79,7 +79,7 @@ BUILTIN: dict[str, ProfileSpec] = {
     "token-aware": ProfileSpec(
         filters=[PluginRef(type="fresh-signals")],  # no load-cap: prefill-wait already weighs affinity against load
         scorers=[
-            PluginRef(type="prefix-cache", weight=1),  # must come before prefill-wait (which reads its matches)
+            PluginRef(type="prefix-cache", weight=3),  # must come before prefill-wait (which reads its matches)
             PluginRef(type="prefill-wait", weight=3),
             PluginRef(type="queue-depth", weight=1),
             PluginRef(type="kv-cache", weight=1),

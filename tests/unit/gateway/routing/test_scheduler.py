@@ -63,10 +63,19 @@ async def test_imbalance_cap_overrides_affinity() -> None:
     assert len(counts) > 1
 
 
-async def test_token_aware_spreads_a_prefix_whose_prefills_pile_up() -> None:
+async def test_a_burst_for_one_document_stays_where_it_is_computed() -> None:
     sched = scheduler()
-    held = [await sched.assign(ctx(DOCUMENT + f"q{i}"), ENDPOINTS) for i in range(12)]  # no first token yet
-    assert len({a.endpoint.replica_id for a in held}) > 1  # queued prefill outweighs the cached prefix
+    held = [await sched.assign(ctx(DOCUMENT + f"q{i}"), ENDPOINTS) for i in range(8)]  # no first token yet
+    assert len({a.endpoint.replica_id for a in held}) == 1  # each adds a question's prefill there, not a document's
+
+
+async def test_token_aware_leaves_a_warm_replica_buried_in_prefill() -> None:
+    sched = scheduler()
+    first = await sched.assign(ctx(DOCUMENT + "q0"), ENDPOINTS)
+    first.release()
+    sched.ledger.dispatch(first.endpoint, 30_000, prefill_tokens=30_000)  # others' long prompts queued there
+    again = await sched.assign(ctx(DOCUMENT + "q1"), ENDPOINTS)
+    assert again.endpoint != first.endpoint  # prefilling the document elsewhere is sooner
 
 
 async def test_in_flight_accounting() -> None:
