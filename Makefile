@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 
 .PHONY: up test setup lint pull load iris clean bench-deps bench-routing bench-peers bench-overhead bench-v2 \
         bench-decision bench-calibration bench-gpu bench-topology bench-graph bench-tracing bench-transform-log readme-table \
-        audit fuzz fuzz-api soak
+        audit fuzz fuzz-api soak bench-exact-prefix
 
 up: setup
 	$(BIN)/llmserve pull $(CONFIG)
@@ -81,6 +81,9 @@ bench-deps: setup
 bench-routing: bench-deps        ## routing_virtual.md/.json/*.png: the virtual-time sweep (~1 h on 2 cores)
 	$(BENCH) -m benchmarks.routing.sweep --jobs 2
 	$(MAKE) readme-table
+
+bench-exact-prefix: bench-deps   ## routing_exact_prefix.md: exact engine prefix state (KV events' bound) vs learned
+	$(BENCH) -m benchmarks.routing.exact_prefix --jobs 2
 
 bench-peers: bench-deps          ## routing_peers.md: vllm-router, sglang-router and our profiles over HTTP
 	$(BENCH) -m benchmarks.routing.peers

@@ -45,7 +45,7 @@ class ServiceInfo:
     created: int = field(default_factory=lambda: int(time.time()))
     min_replicas: int = 1
     routing_profile: str | None = None  # None: the gateway's default profile
-    tokenizer_dir: str | None = None  # the model directory, once pulled (token-aware routing reads it)
+    tokenizer_dir: str | None = None  # the model directory, once pulled
     revision: str = ""  # the revision serving (most of) its traffic
     traffic: tuple[TrafficTarget, ...] = ()  # the split between revisions (empty: every endpoint, no split)
     transformer_timeout_s: float | None = None  # set when it has a transformer: its hook timeout

@@ -1,11 +1,11 @@
 """What a proxy costs at HEAD: the same fast fake OpenAI backends reached directly, through llmserve's gateway
-(token-aware routing, the default, with the served model's tokenizer), through llmserve with aiohttp as its
-upstream client, through vllm-router 0.1.17 (`round_robin` and `cache_aware`) and through the LiteLLM proxy
-1.80.17 (one worker per core, as its production guide says, no callbacks), measured side by side.
+(token-aware routing, the default: prefix hashes of the prompt text, token counts estimated), through llmserve
+with aiohttp as its upstream client, through vllm-router 0.1.17 (`round_robin` and `cache_aware`) and through the
+LiteLLM proxy 1.80.17 (one worker per core, as its production guide says, no callbacks), measured side by side.
 
 Scenarios (issue 14):
 - c=1 and c=16 non-streamed chat with ~2k-token prompts, half of them never seen before (post_rag.lua): the
-  tokenizer and the prefix index work for real;
+  prompt hashing and the prefix index work for real;
 - c=16 streams of 32 chunks spaced 5-20 ms like model tokens (fake_backend.py --chunk-gap-ms 5-20): what the
   proxy adds to each chunk's arrival (stream_probe.py), and CPU per stream.
 Primary figure: the proxy's CPU per request (its process tree's user + system time, psutil, over the run), since
@@ -110,15 +110,6 @@ def stop(processes: list[subprocess.Popen[bytes]]) -> None:
             os.killpg(process.pid, signal.SIGKILL)
 
 
-def tokenizer_dir() -> str | None:
-    from llmserve.storage import ModelCache
-
-    for entry in sorted(ModelCache().root.glob("SmolLM2-135M-Instruct*")):
-        if (entry / "tokenizer.json").is_file():
-            return str(entry)
-    return None
-
-
 def litellm_config(backend_urls: list[str]) -> str:
     """One deployment per backend, no callbacks, debug logging off (LiteLLM's production guide)."""
     lines = ["model_list:"]
@@ -143,8 +134,6 @@ def start_targets(backend_urls: list[str], names: list[str], args: argparse.Name
             workers = [a for u in backend_urls for a in ("--worker", u)]
             cmd = [sys.executable, str(HERE / "serve_gateway.py"), "--port", str(port),
                    "--routing-profile", args.llmserve_profile, *workers]  # fmt: skip
-            if args.tokenizer_dir:
-                cmd += ["--tokenizer-dir", args.tokenizer_dir]
             if name == "llmserve-aiohttp":
                 cmd += ["--upstream", "aiohttp"]
             process = start(cmd, log)
@@ -220,7 +209,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "gateway_overhead_head.md")
     parser.add_argument("--backends", type=int, default=2, help="fake backends behind the proxies (direct: the first)")
     parser.add_argument("--llmserve-profile", default="token-aware", help="llmserve's routing profile")
-    parser.add_argument("--tokenizer-dir", default=tokenizer_dir(), help="model dir whose tokenizer routing uses")
     parser.add_argument("--litellm-workers", type=int, default=os.cpu_count() or 1, help="LiteLLM --num_workers")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -300,13 +288,11 @@ def write_report(args: argparse.Namespace, targets: list[Target], load_before: t
         f"{[round(x, 2) for x in os.getloadavg()]}; wrk (1 thread), the backends and the proxy share the cores",
         f"- command: `python benchmarks/gateway_overhead/run.py --rounds {args.rounds} --duration {args.duration} "
         f"--targets {args.targets} --backends {args.backends} --llmserve-profile {args.llmserve_profile} "
-        f"--litellm-workers {args.litellm_workers}"
-        + (f" --tokenizer-dir {args.tokenizer_dir}" if args.tokenizer_dir else "")
-        + "` (`make bench-overhead`)",
+        f"--litellm-workers {args.litellm_workers}` (`make bench-overhead`)",
         f"- {args.backends} fake backends (benchmarks/gateway_overhead/fake_backend.py, stream chunks spaced "
-        f"{CHUNK_GAP_MS} ms); llmserve: profile {args.llmserve_profile}, "
-        + ("the SmolLM2 tokenizer" if args.tokenizer_dir else "NO tokenizer (estimated tokens)")
-        + "; llmserve-aiohttp: the same with aiohttp as the upstream client; vllm-router 0.1.17 with each policy; "
+        f"{CHUNK_GAP_MS} ms); llmserve: profile {args.llmserve_profile} (prefix hashes of the prompt "
+        "text, no tokenizer); llmserve-aiohttp: the same with aiohttp as the upstream client; vllm-router 0.1.17 "
+        "with each policy; "
         f"LiteLLM 1.80.17 with --num_workers {args.litellm_workers}, no callbacks, debug off",
         f"- medians of {args.rounds} interleaved rounds of ~{args.duration} s, [min-max] over rounds; non-streamed "
         "scenarios: ~2k-token prompts (1500 words), half reused from 8 documents, half never seen (post_rag.lua)",

@@ -3,9 +3,9 @@ mix where half the requests bring a document never seen before, with the prefix 
 
     python -m benchmarks.routing.decision_cost --requests 2000 --replicas 64     # `make bench-decision`
 
-- the mix: each request is a ~4k-token document + a new question; with probability --new-fraction the document is
-  new (cold: tokenized for the first time, in a worker thread as the gateway does for long messages, and a miss in
-  the prefix index), else one of 16 hot documents (warm: token ids from the per-message cache);
+- the mix: each request is a long document (4000 words, ~28k characters) + a new question; with probability
+  --new-fraction the document is new (cold: hashed for the first time and a miss in the prefix index), else one of
+  16 hot documents (warm: a hit);
 - the prefix index at capacity: before measuring, enough distinct documents are routed that every replica's index
   holds as many blocks as its KV cache (--kv-blocks, the bound the gateway applies), so lookups and evictions run
   on a full index;
@@ -13,9 +13,9 @@ mix where half the requests bring a document never seen before, with the prefix 
   (the relays of other requests), so time spent waiting for the loop shows.
 
 Reported per request, cold and warm separately: **event-loop blocking** (the longest stretch the decision held the
-loop without yielding, and the total on the loop: each step of the coroutine is timed as the loop runs it), the
-tokenization off the loop (time waiting for the worker thread) as its own line, and the decision's end-to-end
-latency on the busy loop. Uses the embedded model's tokenizer when it has been pulled (the file says which).
+loop without yielding, and the total on the loop: each step of the coroutine is timed as the loop runs it), any
+time spent waiting off the loop (routing no longer tokenizes, so none is expected: it is kept as its own line), and
+the decision's end-to-end latency on the busy loop.
 """
 
 from __future__ import annotations
@@ -36,11 +36,9 @@ from typing import Any, TypeVar
 
 from gateway.ledger import LoadLedger
 from gateway.routing import RouteContext, Scheduler, load_profiles
-from gateway.routing.tokens import PromptTokens
 from llmserve.endpoints import Endpoint, ServiceInfo
 from llmserve.protocol.openai import ChatCompletionRequest
 from llmserve.protocol.vllm_metrics import Scraped
-from llmserve.storage import ModelCache
 
 REPO = Path(__file__).resolve().parents[2]
 TEXT = (
@@ -92,13 +90,6 @@ async def timed(coro: Coroutine[Any, Any, T]) -> tuple[T, Timing]:
         timing.off_loop_s += time.perf_counter() - waited
 
 
-def tokenizer_dir() -> str | None:
-    for entry in sorted(ModelCache().root.glob("SmolLM2-135M-Instruct*")):
-        if (entry / "tokenizer.json").is_file():
-            return str(entry)
-    return None
-
-
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -119,8 +110,7 @@ def document(rng: random.Random, words: int) -> str:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
-    directory = tokenizer_dir()
-    service = ServiceInfo(name="svc", model_name="m", tokenizer_dir=directory, created=0)
+    service = ServiceInfo(name="svc", model_name="m", created=0)
     endpoints = [Endpoint("svc", f"r{i}", f"http://10.0.0.{i}:8000") for i in range(args.replicas)]
     board = LoadLedger()
     now = time.monotonic()
@@ -128,11 +118,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         scraped = Scraped(running=i % 5, waiting=i % 3, kv_usage=(i % 10) / 10, block_size=16,
                           num_blocks=args.kv_blocks)  # fmt: skip
         board.record_scrape(endpoint, scraped, now)
-    tokens = PromptTokens()
-    scheduler = Scheduler(load_profiles(seed=args.seed), board, tokens, default_profile="token-aware")
-    tokens.prepare(directory)
-    while directory is not None and tokens._encoders.get(directory) is None:  # noqa: ASYNC110 - loads in a thread
-        await asyncio.sleep(0.05)
+    scheduler = Scheduler(load_profiles(seed=args.seed), board, default_profile="token-aware")
 
     def request(doc: str, i: int) -> RouteContext:
         body = {"model": "m", "max_tokens": 64, "messages": [
@@ -150,7 +136,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ctx = request(document(rng, args.doc_words), -filler)
         assignment = await scheduler.assign(ctx, endpoints)
         assignment.release()
-        filled_tokens += len(ctx.tokens or [])
+        filled_tokens += ctx.prompt_tokens
         filler += 1
     hot = [document(rng, args.doc_words) for _ in range(16)]
     for i, doc in enumerate(hot):  # first sights of the hot documents are not measured
@@ -170,13 +156,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             assignment, timing = await timed(scheduler.assign(ctx, endpoints))
             assignment.release()
             (samples.cold if cold else samples.warm).append(timing)
-            prompt_tokens.append(len(ctx.tokens or []))
+            prompt_tokens.append(ctx.prompt_tokens)
 
     await asyncio.gather(*(client() for _ in range(args.concurrency)))
     stop.set()
     await noise
-    return {"samples": samples, "prompt_tokens": statistics.median(prompt_tokens), "fillers": filler,
-            "tokenizer": directory is not None}  # fmt: skip
+    return {"samples": samples, "prompt_tokens": statistics.median(prompt_tokens), "fillers": filler}
 
 
 def summarise(timings: list[Timing]) -> dict[str, float]:
@@ -197,7 +182,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--replicas", type=int, default=64)
     parser.add_argument("--kv-blocks", type=int, default=4096, help="each replica's KV blocks (the index bound)")
-    parser.add_argument("--doc-words", type=int, default=4000, help="~1 token per word with SmolLM2's tokenizer")
+    parser.add_argument("--doc-words", type=int, default=4000, help="words per document (~7 characters each)")
     parser.add_argument("--new-fraction", type=float, default=0.5)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
@@ -218,12 +203,12 @@ def main() -> None:
         f"{args.replicas} --kv-blocks {args.kv_blocks} --doc-words {args.doc_words} --new-fraction "
         f"{args.new_fraction:g} --concurrency {args.concurrency} --seed {args.seed}` (`make bench-decision`)",
         f"- {args.replicas} replicas, block size 16, prefix index filled to {args.kv_blocks} blocks per replica "
-        f"({result['fillers']} distinct documents routed first); prompts of {result['prompt_tokens']:.0f} tokens "
-        f"({'SmolLM2 tokenizer' if result['tokenizer'] else 'NO tokenizer: ~4-character pieces'}); "
+        f"({result['fillers']} distinct documents routed first); prompts of ~{result['prompt_tokens']:.0f} tokens "
+        "(estimated by routing at 4 characters a token: it hashes text and does not tokenize); "
         f"{args.new_fraction:.0%} of the requests bring a new document; {args.concurrency} decisions at once beside a "
         "task burning 100 us of CPU every 0.5 ms",
         "",
-        "| request | count | loop blocking p50 / p99 ms | on the loop p50 / p99 ms | tokenization off the loop "
+        "| request | count | loop blocking p50 / p99 ms | on the loop p50 / p99 ms | waiting off the loop "
         "p50 / p99 ms | decision latency p50 / p99 ms |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -236,8 +221,8 @@ def main() -> None:
     lines += [
         "",
         "Loop blocking: the longest stretch one decision held the event loop (what every other request on it waits "
-        "behind); on the loop: all its stretches together; tokenization off the loop: time it waited for the "
-        "tokenizer's worker thread (the event loop was free meanwhile); decision latency: from call to assignment "
+        "behind); on the loop: all its stretches together; waiting off the loop: time it awaited other work (a "
+        "thread; none now that routing does not tokenize); decision latency: from call to assignment "
         "on the busy loop.",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)

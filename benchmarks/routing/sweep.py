@@ -38,7 +38,6 @@ from benchmarks.routing.vt_fleet import Fleet, Outcome, VirtualClock
 from benchmarks.routing.vt_router import FleetRouter
 from benchmarks.routing.workloads import CLOSED_LOOP, WORKLOADS, build, session_lifetime_s
 from llmserve.workers.sim.profiles import get_profile
-from llmserve.workers.sim.tokenizer import WordTokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
@@ -95,13 +94,11 @@ async def _run(spec: RunSpec) -> RunResult:
     duration = start + spec.measured_requests / spec.rate
     horizon = duration + max(60.0, 20 * spec.slo_s)
     clock = VirtualClock()
-    tokenizer = WordTokenizer()
     router = FleetRouter(
         spec.policy,
         spec.replicas,
         seed=spec.seed,
         clock=clock.now,
-        encode=lambda text: tokenizer.encode(text, add_special_tokens=False),
         profiles_dir=REPO / "configs" / "routing",
         extra_profiles=REPO / "benchmarks" / "routing" / "profiles",
     )

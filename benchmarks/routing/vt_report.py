@@ -110,8 +110,9 @@ def write_report(data: dict[str, Any], out: Path) -> None:
         "is `cpu-smollm2`, `sim_calibration_holdout.md`). Ratios between policies depend far less on the constants "
         "than absolute latencies do, but they are not measurements of a GPU.",
         "- routing: the real `gateway.routing` scheduler and profiles (`benchmarks/routing/vt_router.py`), signals "
-        "read every 0.5 s as the gateway's scraper does; prompt tokens from the simulator's word tokenizer on both "
-        "sides. Every random choice is seeded: the trace (`benchmarks/routing/workloads.py`, seed s) and the pickers "
+        "read every 0.5 s as the gateway's scraper does; the gateway hashes prompt text and estimates tokens as it "
+        "does in production (no tokenizer), the engines tokenize with the simulator's word tokenizer. Every random "
+        "choice is seeded: the trace (`benchmarks/routing/workloads.py`, seed s) and the pickers "
         "(`load_profiles(seed=s)`).",
         "- policies: `round-robin`, `least-request` (built in); `sticky-sessions` (session affinity on "
         "`x-session-id`, `configs/routing/sticky-sessions.yaml`); `prefix-chars` (our port of vLLM "

@@ -6,8 +6,9 @@ harness sees is `FleetRouter`: `route()` a chat request to a replica index, `scr
 the SignalScraper records from /metrics), and a `Placement` told of the first token and of the end, exactly when
 the gateway's proxy tells its Dispatched record.
 
-Prompt tokens come from the simulator's word tokenizer (deterministic, no files), so the gateway's prefix hashing
-works on real token ids and a run repeats bit for bit on any machine.
+The gateway's routing hashes prompt text and estimates token counts itself (no tokenizer), exactly as in a
+gateway process; the runs stream without asking for usage, as the sweep's clients do, so the gateway learns no
+characters-per-token ratio and keeps its default.
 """
 
 from __future__ import annotations
@@ -19,28 +20,12 @@ from typing import Any
 from gateway.ledger import Dispatched, LoadLedger
 from gateway.routing import RouteContext, Scheduler, load_profiles
 from gateway.routing.profiles import build_profile, load_profile_file
-from gateway.routing.tokens import Encoder, PromptTokens
 from llmserve.endpoints import Endpoint, ServiceInfo
 from llmserve.protocol.openai import ChatCompletionRequest
 from llmserve.protocol.vllm_metrics import Scraped
 from llmserve.workers.sim.metrics import Gauges
 
 MODEL = "m"
-
-
-class _FixedTokens(PromptTokens):
-    """The gateway's prompt tokenizer with a fixed encoder, always on the calling thread (no executor, no loading
-    in the background: nothing that could make two runs differ)."""
-
-    def __init__(self, encode: Encoder) -> None:
-        super().__init__(offload_chars=1 << 62)
-        self._encode = encode
-
-    def prepare(self, tokenizer_dir: str | None) -> None:
-        return None
-
-    def encoder(self, tokenizer_dir: str | None) -> tuple[str, Encoder]:
-        return "fixed", self._encode
 
 
 class Placement:
@@ -67,7 +52,6 @@ class FleetRouter:
         *,
         seed: int,
         clock: Callable[[], float],
-        encode: Encoder,
         profiles_dir: Path | None = None,
         extra_profiles: Path | None = None,
     ) -> None:
@@ -78,7 +62,7 @@ class FleetRouter:
         if profile not in profiles:
             raise SystemExit(f"unknown routing profile {profile!r}; known: {', '.join(sorted(profiles))}")
         self.board = LoadLedger()
-        self.scheduler = Scheduler(profiles, self.board, _FixedTokens(encode), default_profile=profile)
+        self.scheduler = Scheduler(profiles, self.board, default_profile=profile)
         self.service = ServiceInfo(name=MODEL, model_name=MODEL, routing_profile=profile, created=0)
         self.endpoints = [Endpoint(MODEL, f"{MODEL}-{i}", f"http://replica-{i}.invalid") for i in range(replicas)]
         self._index = {e.replica_id: i for i, e in enumerate(self.endpoints)}

@@ -96,6 +96,7 @@ class OpenAIProxy:
             result = await self._forward(ctx, body, exchange, reply, hop, logged)
             stats.append(result)
             exchange.span.usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
+            self.dispatcher.scheduler.observe_usage(ctx, result.prompt_tokens)  # learns characters per token
             return result.status
 
         async def fail(err: ServingError) -> None:

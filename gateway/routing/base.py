@@ -1,17 +1,17 @@
 """The routing seam: filters narrow the candidates, weighted scorers rate them, a picker chooses one.
 
-Plugins are small classes; profiles (profiles.py) combine them by name. A plugin that needs the prompt's token
-ids says so (`needs_tokens`), and the scheduler computes them once per request.
+Plugins are small classes; profiles (profiles.py) combine them by name. What several plugins need about the
+prompt (its chunk hashes, its estimated token count) is computed once per request, on the RouteContext.
 """
 
 from __future__ import annotations
 
-from array import array
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 from gateway.routing.decision import Decision
 from gateway.routing.load import EndpointLoad
+from gateway.routing.prompt import DEFAULT_CHUNK_CHARS, PromptChunks, prompt_chunks
 from llmserve.endpoints import Endpoint, ServiceInfo
 from llmserve.protocol.openai import OpenAIRequest
 
@@ -38,20 +38,23 @@ class RouteContext:
     body_size: int = 0
     session: str | None = None
     pin: str | None = None  # x-llmserve-revision: latest, prev or a revision's name
-    tokens: array[int] | None = None  # the prompt's token ids, when a plugin needs them
+    prompt_tokens: int = 0  # the prompt's tokens: exact for token ids, else estimated (set by the scheduler)
+    chars_per_token: float = 4.0  # the service's learned ratio (set by the scheduler)
     expected_tokens: int = 0  # prompt + expected output: the load this request adds
     scratch: dict[str, object] = field(default_factory=dict)  # per-request values plugins compute once
     decision: Decision | None = None  # what the scheduler decided, and why (set by Scheduler.assign)
-    _hashes: dict[int, list[int]] = field(default_factory=dict)
+    _chunks: dict[int, PromptChunks] = field(default_factory=dict)
 
-    def block_hashes(self, block_size: int) -> list[int]:
-        """Chained hashes of the prompt's full blocks (computed once per block size)."""
-        hashes = self._hashes.get(block_size)
-        if hashes is None:
-            from gateway.routing.prefix import block_hashes
+    def chunks(self, chunk_chars: int = DEFAULT_CHUNK_CHARS) -> PromptChunks:
+        """The prompt's chained chunk hashes (computed once per chunk size)."""
+        chunks = self._chunks.get(chunk_chars)
+        if chunks is None:
+            chunks = self._chunks[chunk_chars] = prompt_chunks(self.request, chunk_chars)
+        return chunks
 
-            hashes = self._hashes[block_size] = block_hashes(self.tokens or array("I"), block_size)
-        return hashes
+    def tokens_of(self, size: int, exact: bool) -> int:
+        """A prompt size (prompt.py: characters, or tokens when `exact`) in tokens."""
+        return size if exact else round(size / self.chars_per_token)
 
     def block_size(self, candidates: list[Candidate]) -> int:
         for candidate in candidates:
@@ -72,7 +75,6 @@ def uncached_prompt_tokens(ctx: RouteContext, candidate: Candidate, prompt_token
 
 class Plugin(Protocol):
     name: ClassVar[str]
-    needs_tokens: ClassVar[bool]
 
 
 class Filter(Plugin, Protocol):

@@ -22,11 +22,11 @@ class Decision:
     """The scorer that won the choice (its name), or ONLY_REPLICA, FALLBACK, TIE, or the picker's name for a
     profile without scorers (round-robin)."""
     prompt_tokens: int | None = None
-    """The prompt's tokens as routing counted them; None when routing did not tokenize (one candidate, or a
-    profile that needs no tokens)."""
+    """The prompt's tokens as routing estimated them (exact for token ids); None when no prefix scorer ran (one
+    candidate, or a profile without the prefix-cache scorer)."""
     prefix_hit_tokens: int | None = None
     """Of those, the tokens routing assumed the chosen replica holds in its prefix cache (the prefix-cache
-    scorer's match; 0 when the profile has none, or the prompt is shorter than a block). None with no count."""
+    scorer's match, to within one chunk). None with no count."""
 
     @property
     def prefix_hit(self) -> float | None:

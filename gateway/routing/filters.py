@@ -19,7 +19,6 @@ class FreshSignals:
     """Drop replicas whose metrics are stale or failing to scrape (they may be overloaded or dying)."""
 
     name: ClassVar[str] = "fresh-signals"
-    needs_tokens: ClassVar[bool] = False
 
     class Params(_Params):
         stale_after_s: float = Field(default=3.0, gt=0, alias="staleAfterSeconds")
@@ -41,7 +40,6 @@ class LoadCap:
     """
 
     name: ClassVar[str] = "load-cap"
-    needs_tokens: ClassVar[bool] = False
 
     class Params(_Params):
         max_excess_requests: float = Field(default=8, ge=0, alias="maxExcessRequests")

@@ -18,7 +18,6 @@ class MaxScore:
     """The best total score; ties broken at random (so equal replicas share the load)."""
 
     name: ClassVar[str] = "max-score"
-    needs_tokens: ClassVar[bool] = False
 
     Params: ClassVar[type[BaseModel]] = NoParams
 
@@ -35,7 +34,6 @@ class WeightedRandom:
     """A candidate drawn with probability proportional to its score (uniform when all scores are 0)."""
 
     name: ClassVar[str] = "weighted-random"
-    needs_tokens: ClassVar[bool] = False
 
     Params: ClassVar[type[BaseModel]] = NoParams
 
@@ -52,7 +50,6 @@ class RoundRobin:
     """Each replica in turn (per service), ignoring scores."""
 
     name: ClassVar[str] = "round-robin"
-    needs_tokens: ClassVar[bool] = False
 
     Params: ClassVar[type[BaseModel]] = NoParams
 

@@ -79,7 +79,7 @@ BUILTIN: dict[str, ProfileSpec] = {
     "token-aware": ProfileSpec(
         filters=[PluginRef(type="fresh-signals")],  # no load-cap: prefill-wait already weighs affinity against load
         scorers=[
-            PluginRef(type="prefix-cache", weight=1),  # must come before prefill-wait (which reads its matches)
+            PluginRef(type="prefix-cache", weight=3),  # must come before prefill-wait (which reads its matches)
             PluginRef(type="prefill-wait", weight=3),
             PluginRef(type="queue-depth", weight=1),
             PluginRef(type="kv-cache", weight=1),
@@ -101,10 +101,6 @@ class Profile:
 
     def __post_init__(self) -> None:
         self.learners = [p for p in self.plugins() if callable(getattr(p, "learn", None))]  # type: ignore[misc]
-
-    @property
-    def needs_tokens(self) -> bool:
-        return any(s.needs_tokens for s, _ in self.scorers) or any(f.needs_tokens for f in self.filters)
 
     def plugins(self) -> Iterable[object]:
         yield from self.filters

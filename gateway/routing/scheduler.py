@@ -1,9 +1,11 @@
 """The scheduler: for each request, run the service's routing profile over the ready replicas.
 
-It computes what plugins need once (prompt tokens, the expected token load), fails open to the least-loaded
-replica if a plugin raises, and dispatches the request on the gateway's load ledger (counted until released).
-What it decided and why (the profile, the winning scorer, the prefix-cache estimate) is left on the request's
-RouteContext as `ctx.decision` (gateway/routing/decision.py).
+It estimates what plugins need once (the prompt's tokens, from its characters and the service's learned
+characters per token: tokens.py; the expected token load), fails open to the least-loaded replica if a plugin
+raises, and dispatches the request on the gateway's load ledger (counted until released). The prompt tokens a
+worker reports in its answer teach the ratio (`observe_usage`). What it decided and why (the profile, the winning
+scorer, the prefix-cache estimate) is left on the request's RouteContext as `ctx.decision`
+(gateway/routing/decision.py).
 V2 services route with `least-request` unless they name a profile.
 """
 
@@ -17,9 +19,10 @@ from typing import TYPE_CHECKING
 from gateway.routing.base import Candidate, RouteContext, uncached_prompt_tokens
 from gateway.routing.decision import FALLBACK, ONLY_REPLICA, Decision
 from gateway.routing.profiles import DEFAULT_PROFILE, Profile
-from gateway.routing.tokens import PromptTokens
+from gateway.routing.prompt import prompt_size
+from gateway.routing.tokens import TokenRatio
 from llmserve.endpoints import Endpoint, ServiceInfo
-from llmserve.protocol.openai import ChatCompletionRequest
+from llmserve.protocol.openai import ChatCompletionRequest, CompletionRequest, OpenAIRequest
 
 if TYPE_CHECKING:  # the ledger imports routing's EndpointLoad
     from gateway.ledger import Dispatched, LoadLedger
@@ -34,7 +37,7 @@ class Scheduler:
         self,
         profiles: Mapping[str, Profile],
         ledger: LoadLedger,
-        tokens: PromptTokens | None = None,
+        tokens: TokenRatio | None = None,
         *,
         default_profile: str = DEFAULT_PROFILE,
         default_v2_profile: str = V2_PROFILE,
@@ -47,7 +50,7 @@ class Scheduler:
         self.profiles = profiles
         self.ledger = ledger
         self.default_v2_profile = default_v2_profile
-        self.tokens = tokens or PromptTokens()
+        self.tokens = tokens or TokenRatio()
         self.default_profile = default_profile
         self.default_output_tokens = default_output_tokens
         self.prune_every = prune_every
@@ -63,16 +66,12 @@ class Scheduler:
         profile = self.profile_for(ctx.service)
         ledger = self.ledger
         candidates = [Candidate(e, ledger.load(e)) for e in endpoints]
-        if profile.needs_tokens:
-            self.tokens.prepare(ctx.service.tokenizer_dir)
-        if profile.needs_tokens and len(candidates) > 1:
-            ctx.tokens = await self.tokens.prompt_tokens(ctx.service.tokenizer_dir, ctx.request)
-            prompt = len(ctx.tokens)
-        else:
-            prompt = ctx.body_size // 4  # a cheap estimate when no plugin needs the real count
+        size, exact = prompt_size(ctx.request)
+        ctx.chars_per_token = self.tokens.chars_per_token(ctx.service.name)
+        prompt = ctx.prompt_tokens = ctx.tokens_of(size, exact) if size else ctx.body_size // 4  # V2: a guess
         ctx.expected_tokens = prompt + self._expected_output(ctx)
         if len(candidates) == 1:
-            chosen, scorer = candidates[0], ONLY_REPLICA  # nothing to choose (and nothing worth tokenizing for)
+            chosen, scorer = candidates[0], ONLY_REPLICA  # nothing to choose (and nothing worth hashing for)
         else:
             try:
                 chosen, scorer = profile.decide(ctx, candidates)
@@ -84,14 +83,18 @@ class Scheduler:
         if self._decisions % self.prune_every == 0:
             self._prune(profile, ctx.service.name, endpoints)
         uncached = uncached_prompt_tokens(ctx, chosen, prompt)
-        counted = ctx.tokens is not None
+        counted = "prefix-matched-tokens" in ctx.scratch  # a prefix scorer estimated the hit
         ctx.decision = Decision(profile.name, scorer, prompt if counted else None,
                                 prompt - uncached if counted else None)  # fmt: skip
         return ledger.dispatch(chosen.endpoint, ctx.expected_tokens, prefill_tokens=uncached)
 
-    def warm(self, tokenizer_dir: str | None) -> None:
-        """Load a service's tokenizer ahead of its first request."""
-        self.tokens.prepare(tokenizer_dir)
+    def observe_usage(self, ctx: RouteContext, prompt_tokens: int | None) -> None:
+        """A worker answered `ctx`'s request and counted `prompt_tokens` (its usage): learn characters per token."""
+        if not prompt_tokens or _batched(ctx.request):
+            return
+        size, exact = prompt_size(ctx.request)
+        if not exact:
+            self.tokens.observe(ctx.service.name, size, prompt_tokens)
 
     def _expected_output(self, ctx: RouteContext) -> int:
         request = ctx.request
@@ -112,3 +115,10 @@ class Scheduler:
         if now - self._last_failure_log > 60:
             self._last_failure_log = now
             log.exception("routing profile '%s' failed; routed to the least-loaded replica", profile.name)
+
+
+def _batched(request: OpenAIRequest) -> bool:
+    """A completion with several prompts (usage counts them all; routing looks at the first)."""
+    if not isinstance(request, CompletionRequest) or not isinstance(request.prompt, list):
+        return False
+    return len(request.prompt) > 1 and not isinstance(request.prompt[0], int)

@@ -12,9 +12,9 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.routing.base import Candidate, RouteContext, uncached_prompt_tokens
+from gateway.routing.base import DEFAULT_BLOCK_SIZE, Candidate, RouteContext, uncached_prompt_tokens
 from gateway.routing.prefix import PrefixIndex
-from gateway.routing.tokens import message_text
+from gateway.routing.prompt import DEFAULT_CHUNK_CHARS, message_text
 from llmserve.protocol.openai import ChatCompletionRequest, CompletionRequest
 
 
@@ -50,7 +50,6 @@ class LoadScorer:
     in `load()`."""
 
     name: ClassVar[str]
-    needs_tokens: ClassVar[bool] = False
     Params: ClassVar[type[BaseModel]] = LoadParams
 
     def __init__(self, params: BaseModel) -> None:
@@ -107,7 +106,6 @@ class KVCache:
     """More free KV cache is better (vllm:kv_cache_usage_perc, or the older vllm:gpu_cache_usage_perc)."""
 
     name: ClassVar[str] = "kv-cache"
-    needs_tokens: ClassVar[bool] = False
     Params: ClassVar[type[BaseModel]] = NoParams
 
     def __init__(self, params: BaseModel) -> None:
@@ -118,19 +116,28 @@ class KVCache:
 
 
 class PrefixCache:
-    """The share of the prompt's leading blocks the replica probably has cached (learned from our decisions)."""
+    """The share of the prompt the replica probably has cached: its leading chunks (prompt.py) that the replica's
+    index (learned from our decisions) holds. The index keeps about as much per replica as its KV cache holds
+    (vllm:cache_config_info's blocks, in characters by the service's learned characters per token)."""
 
     name: ClassVar[str] = "prefix-cache"
-    needs_tokens: ClassVar[bool] = True
 
     class Params(_Params):
         capacity_blocks: int = Field(
-            default=65536, ge=1, alias="capacityBlocks", description="Blocks remembered per replica at most."
+            default=65536, ge=1, alias="capacityBlocks", description="Prompt chunks remembered per replica at most."
+        )
+        chunk_chars: int = Field(
+            default=DEFAULT_CHUNK_CHARS,
+            ge=16,
+            alias="chunkChars",
+            description="Characters per hashed chunk: a match is known to within one chunk (~chunkChars / 4 "
+            "tokens); smaller costs more hashing per request.",
         )
 
     def __init__(self, params: Params) -> None:
         self.capacity = params.capacity_blocks
-        self._indexes: dict[str, PrefixIndex] = {}  # one per service (block size and tokenizer are per service)
+        self.chunk_chars = params.chunk_chars
+        self._indexes: dict[str, PrefixIndex] = {}  # one per service
 
     def _index(self, ctx: RouteContext) -> PrefixIndex:
         index = self._indexes.get(ctx.service.name)
@@ -139,19 +146,27 @@ class PrefixCache:
         return index
 
     def score(self, ctx: RouteContext, candidates: list[Candidate]) -> list[float]:
-        block_size = ctx.block_size(candidates)
-        hashes = ctx.block_hashes(block_size)
-        if not hashes:
+        chunks = ctx.chunks(self.chunk_chars)
+        if not chunks.hashes or chunks.size <= 0:
             return [0.0] * len(candidates)
-        matched = self._index(ctx).matched_blocks(hashes, [c.replica_id for c in candidates])
-        ctx.scratch["prefix-matched-tokens"] = {r: blocks * block_size for r, blocks in matched.items()}
-        return [matched[c.replica_id] / len(hashes) for c in candidates]
+        matched = self._index(ctx).matched_blocks(chunks.hashes, [c.replica_id for c in candidates])
+        ends = chunks.ends
+        size = {r: ends[depth - 1] if depth else 0 for r, depth in matched.items()}
+        ctx.scratch["prefix-matched-tokens"] = {
+            r: min(ctx.prompt_tokens, ctx.tokens_of(chars, chunks.exact)) for r, chars in size.items()
+        }
+        return [size[c.replica_id] / chunks.size for c in candidates]
 
     def learn(self, ctx: RouteContext, chosen: Candidate) -> None:
-        hashes = ctx.block_hashes(ctx.block_size([chosen]))
+        chunks = ctx.chunks(self.chunk_chars)
         scraped = chosen.load.scraped
-        capacity = min(self.capacity, scraped.num_blocks) if scraped and scraped.num_blocks else None
-        self._index(ctx).record(chosen.replica_id, hashes, capacity)
+        capacity = None
+        if scraped is not None and scraped.num_blocks and chunks.hashes:
+            held = scraped.num_blocks * (scraped.block_size or DEFAULT_BLOCK_SIZE)  # tokens
+            per_chunk = chunks.size / len(chunks.hashes)  # characters (or tokens) per chunk of this prompt
+            per_token = 1.0 if chunks.exact else ctx.chars_per_token
+            capacity = min(self.capacity, max(1, int(held * per_token / max(per_chunk, 1.0))))
+        self._index(ctx).record(chosen.replica_id, chunks.hashes, capacity, chunks.segments)
 
     def forget(self, service: str, live: set[str]) -> None:
         index = self._indexes.get(service)
@@ -169,14 +184,13 @@ class PrefillWait:
     """
 
     name: ClassVar[str] = "prefill-wait"
-    needs_tokens: ClassVar[bool] = True
     Params: ClassVar[type[BaseModel]] = NoParams
 
     def __init__(self, params: BaseModel) -> None:
         pass
 
     def score(self, ctx: RouteContext, candidates: list[Candidate]) -> list[float]:
-        prompt = len(ctx.tokens) if ctx.tokens is not None else ctx.body_size // 4
+        prompt = ctx.prompt_tokens
         costs = [c.load.pending_prefill + uncached_prompt_tokens(ctx, c, prompt) + 1 for c in candidates]
         best = min(costs)
         return [best / cost for cost in costs]
@@ -186,7 +200,6 @@ class SessionAffinity:
     """The replica that served this session before (header, default `x-session-id`) scores 1."""
 
     name: ClassVar[str] = "session-affinity"
-    needs_tokens: ClassVar[bool] = False
 
     class Params(_Params):
         max_sessions: int = Field(default=100_000, ge=1, alias="maxSessions")
@@ -215,7 +228,6 @@ class LoraAffinity:
     """For a request naming a LoRA adapter: replicas running it score 1, queued 0.8, with a free slot 0.5."""
 
     name: ClassVar[str] = "lora-affinity"
-    needs_tokens: ClassVar[bool] = False
     Params: ClassVar[type[BaseModel]] = NoParams
 
     def __init__(self, params: BaseModel) -> None:
@@ -256,7 +268,6 @@ class CharPrefix:
     longest matched prefix score 1 (so the picker chooses among them at random), or all score 0 if none matched."""
 
     name: ClassVar[str] = "char-prefix"
-    needs_tokens: ClassVar[bool] = False
 
     class Params(_Params):
         chunk_chars: int = Field(default=128, ge=1, alias="chunkChars")

@@ -40,3 +40,13 @@ def test_every_policy_runs_chat() -> None:
     for policy in ("round-robin", "sticky-sessions", "prefix-chars", "llm-d-style", "token-aware-capped"):
         result = run_one(replace(SPEC, workload="chat", policy=policy, rate=30.0))
         assert result.requests > 0, policy
+
+
+def test_exact_prefix_variants_run_and_repeat() -> None:
+    from benchmarks.routing import exact_prefix
+
+    for variant in exact_prefix.VARIANTS:
+        first = exact_prefix.run_one((SPEC, variant))
+        assert first.requests > 0, variant
+        assert first.hit_rate > 0, variant
+        assert exact_prefix.run_one((SPEC, variant)) == first, variant

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from array import array
-
 from gateway.routing.base import Candidate, RouteContext
 from gateway.routing.load import EndpointLoad
+from gateway.routing.prompt import prompt_size
 from llmserve.endpoints import Endpoint, ServiceInfo
 from llmserve.protocol.openai import ChatCompletionRequest, OpenAIRequest
 from llmserve.protocol.vllm_metrics import Scraped
@@ -46,9 +45,10 @@ def chat(content: str = "hello", model: str = "base", **extra: object) -> ChatCo
     )
 
 
-def context(request: OpenAIRequest | None = None, tokens: list[int] | None = None, session: str | None = None,
+def context(request: OpenAIRequest | None = None, session: str | None = None,
             service: ServiceInfo = SERVICE) -> RouteContext:  # fmt: skip
+    """A request as the scheduler hands it to plugins: its prompt tokens estimated at 4 characters a token."""
     ctx = RouteContext(service=service, route="chat_completions", request=request or chat(), session=session)
-    if tokens is not None:
-        ctx.tokens = array("I", tokens)
+    size, exact = prompt_size(ctx.request)
+    ctx.prompt_tokens = ctx.tokens_of(size, exact)
     return ctx

@@ -8,7 +8,6 @@ from gateway.ledger import LoadLedger
 from gateway.routing.decision import FALLBACK, ONLY_REPLICA, TIE, Decision, winning_scorer
 from gateway.routing.profiles import BUILTIN, build_profile, load_profiles
 from gateway.routing.scheduler import Scheduler
-from gateway.routing.tokens import PromptTokens
 from llmserve.protocol.vllm_metrics import Scraped
 from tests.unit.gateway.routing.test_scheduler import DOCUMENT, ENDPOINTS, ctx
 
@@ -34,8 +33,7 @@ def scheduler(profile: str) -> Scheduler:
     ledger = LoadLedger()
     for endpoint in ENDPOINTS:
         ledger.record_scrape(endpoint, Scraped(block_size=16), now=100.0)
-    return Scheduler(load_profiles(rng=random.Random(1), clock=lambda: 100.0), ledger, PromptTokens(),
-                     default_profile=profile)  # fmt: skip
+    return Scheduler(load_profiles(rng=random.Random(1), clock=lambda: 100.0), ledger, default_profile=profile)
 
 
 async def test_a_repeated_document_is_won_by_the_prefix_scorers_with_its_hit_counted() -> None:
@@ -72,7 +70,6 @@ async def test_one_replica_a_profile_without_scorers_and_a_failing_profile() -> 
 
     class Broken:
         name = "broken"
-        needs_tokens = False
 
         def score(self, *_: object) -> list[float]:
             raise RuntimeError("bug")

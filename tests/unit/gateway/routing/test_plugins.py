@@ -20,6 +20,7 @@ from gateway.routing.scorers import (
     RunningRequests,
     SessionAffinity,
 )
+from llmserve.protocol.openai import CompletionRequest
 from tests.unit.gateway.routing.helpers import candidate, chat, context
 
 
@@ -48,20 +49,39 @@ def test_queue_adds_what_we_sent_since_the_scrape() -> None:
 
 
 def test_prefix_cache_scorer_learns_from_decisions() -> None:
-    scorer = PrefixCache(PrefixCache.Params())
+    scorer = PrefixCache(PrefixCache.Params(chunk_chars=16))
     a, b = candidate("a"), candidate("b")
-    doc = list(range(32))  # 8 blocks of 4
-    first = context(tokens=doc)
+    doc = "d" * 128
+    first = context(chat(doc))
     assert scorer.score(first, [a, b]) == [0.0, 0.0]
     scorer.learn(first, b)
-    follow_up = context(tokens=[*doc, 7, 7, 7, 7])  # same document, one more block
-    assert scorer.score(follow_up, [a, b]) == [0.0, pytest.approx(8 / 9)]
+    follow_up = context(chat(doc + "q" * 32))  # the same document, then two more chunks
+    size = len("user") + 160
+    assert scorer.score(follow_up, [a, b]) == [0.0, pytest.approx((len("user") + 128) / size)]
+    assert follow_up.scratch["prefix-matched-tokens"] == {"a": 0, "b": (len("user") + 128) // 4}
     scorer.forget("svc", {"a"})
     assert scorer.score(follow_up, [a, b]) == [0.0, 0.0]
 
 
-def test_prefix_cache_scorer_with_no_full_block() -> None:
-    assert PrefixCache(PrefixCache.Params()).score(context(tokens=[1, 2]), [candidate("a")]) == [0.0]
+def test_prefix_cache_index_holds_what_the_kv_cache_holds() -> None:
+    scorer = PrefixCache(PrefixCache.Params(chunk_chars=16))
+    small = candidate("small", block_size=4)
+    small.load.scraped.num_blocks = 8  # type: ignore[union-attr]  # 32 tokens = 128 characters = 8 chunks
+    old, new = context(chat("o" * 124)), context(chat("n" * 124))  # 8 chunks each (with the role)
+    scorer.learn(old, small)
+    scorer.learn(new, small)
+    assert scorer.score(context(chat("o" * 124)), [small]) == [0.0]
+    assert scorer.score(context(chat("n" * 124)), [small]) == [1.0]
+
+
+def test_token_id_prompts_match_exactly() -> None:
+    scorer = PrefixCache(PrefixCache.Params(chunk_chars=16))  # 4 ids a chunk
+    a = candidate("a")
+    first = context(CompletionRequest.model_validate({"model": "base", "prompt": list(range(16))}))
+    scorer.learn(first, a)
+    again = context(CompletionRequest.model_validate({"model": "base", "prompt": [*range(16), 99, 98]}))
+    assert scorer.score(again, [a]) == [pytest.approx(16 / 18)]
+    assert again.scratch["prefix-matched-tokens"] == {"a": 16}
 
 
 def test_session_affinity() -> None:

@@ -23,8 +23,8 @@ spec:
 def test_builtins_load() -> None:
     profiles = load_profiles()
     assert set(BUILTIN) <= set(profiles)
-    assert profiles["token-aware"].needs_tokens
-    assert not profiles["round-robin"].needs_tokens
+    assert [scorer.name for scorer, _ in profiles["token-aware"].scorers][:2] == ["prefix-cache", "prefill-wait"]
+    assert not profiles["round-robin"].scorers
 
 
 def test_yaml_profiles_extend_the_builtins(tmp_path: Path) -> None:

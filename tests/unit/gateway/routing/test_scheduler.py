@@ -1,14 +1,15 @@
 from __future__ import annotations
 
 import random
-from array import array
+
+import pytest
 
 from gateway.ledger import LoadLedger
 from gateway.routing.base import RouteContext
 from gateway.routing.profiles import BUILTIN, PluginRef, ProfileSpec, build_profile, load_profiles
 from gateway.routing.scheduler import Scheduler
-from gateway.routing.tokens import PromptTokens
 from llmserve.endpoints import Endpoint
+from llmserve.protocol.openai import CompletionRequest
 from llmserve.protocol.vllm_metrics import Scraped
 from tests.unit.gateway.routing.helpers import SERVICE, chat
 
@@ -21,7 +22,7 @@ def scheduler(profile: str = "token-aware", clock: float = 100.0) -> Scheduler:
     ledger = LoadLedger()
     for endpoint in ENDPOINTS:
         ledger.record_scrape(endpoint, Scraped(block_size=16), now=clock)
-    return Scheduler(profiles, ledger, PromptTokens(), default_profile=profile)
+    return Scheduler(profiles, ledger, default_profile=profile)
 
 
 def ctx(content: str, session: str | None = None, max_tokens: int = 10) -> RouteContext:
@@ -62,10 +63,19 @@ async def test_imbalance_cap_overrides_affinity() -> None:
     assert len(counts) > 1
 
 
-async def test_token_aware_spreads_a_prefix_whose_prefills_pile_up() -> None:
+async def test_a_burst_for_one_document_stays_where_it_is_computed() -> None:
     sched = scheduler()
-    held = [await sched.assign(ctx(DOCUMENT + f"q{i}"), ENDPOINTS) for i in range(12)]  # no first token yet
-    assert len({a.endpoint.replica_id for a in held}) > 1  # queued prefill outweighs the cached prefix
+    held = [await sched.assign(ctx(DOCUMENT + f"q{i}"), ENDPOINTS) for i in range(8)]  # no first token yet
+    assert len({a.endpoint.replica_id for a in held}) == 1  # each adds a question's prefill there, not a document's
+
+
+async def test_token_aware_leaves_a_warm_replica_buried_in_prefill() -> None:
+    sched = scheduler()
+    first = await sched.assign(ctx(DOCUMENT + "q0"), ENDPOINTS)
+    first.release()
+    sched.ledger.dispatch(first.endpoint, 30_000, prefill_tokens=30_000)  # others' long prompts queued there
+    again = await sched.assign(ctx(DOCUMENT + "q1"), ENDPOINTS)
+    assert again.endpoint != first.endpoint  # prefilling the document elsewhere is sooner
 
 
 async def test_in_flight_accounting() -> None:
@@ -101,7 +111,6 @@ async def test_session_affinity_keeps_conversations_together() -> None:
 async def test_failing_plugin_fails_open_to_least_loaded() -> None:
     class Broken:
         name = "broken"
-        needs_tokens = False
 
         def score(self, ctx: RouteContext, candidates: list[object]) -> list[float]:
             raise RuntimeError("scorer bug")
@@ -116,16 +125,25 @@ async def test_failing_plugin_fails_open_to_least_loaded() -> None:
     assert assignment.endpoint == ENDPOINTS[2]
 
 
-async def test_tokens_are_computed_only_when_a_plugin_needs_them() -> None:
-    sched = scheduler("round-robin")
-    context = ctx(DOCUMENT)
-    await sched.assign(context, ENDPOINTS)
-    assert context.tokens is None
+async def test_prompt_tokens_are_estimated_then_learned_from_usage() -> None:
     sched = scheduler("token-aware")
     context = ctx(DOCUMENT)
+    assignment = await sched.assign(context, ENDPOINTS)
+    assert context.prompt_tokens == round((len("user") + len(DOCUMENT)) / 4)  # 4 characters a token, at first
+    assert assignment.tokens == context.prompt_tokens + 10
+    sched.observe_usage(context, prompt_tokens=(len("user") + len(DOCUMENT)) // 6)  # the worker counted fewer
+    again = ctx(DOCUMENT)
+    await sched.assign(again, ENDPOINTS)
+    assert again.prompt_tokens == pytest.approx((len("user") + len(DOCUMENT)) / 6, rel=0.01)
+    sched.observe_usage(again, None)  # a stream without usage teaches nothing
+    assert sched.tokens.chars_per_token("svc") == pytest.approx(6, rel=0.01)
+
+
+async def test_token_id_prompts_are_counted_exactly() -> None:
+    sched = scheduler("token-aware")
+    request = CompletionRequest.model_validate({"model": "base", "prompt": list(range(300)), "max_tokens": 5})
+    context = RouteContext(service=SERVICE, route="completions", request=request)
     await sched.assign(context, ENDPOINTS)
-    assert isinstance(context.tokens, array)
-    assert len(context.tokens) > 100
-    single = ctx(DOCUMENT)
-    await sched.assign(single, ENDPOINTS[:1])
-    assert single.tokens is None  # one replica: nothing to choose, nothing to tokenize
+    assert context.prompt_tokens == 300
+    sched.observe_usage(context, 300)
+    assert sched.tokens.chars_per_token("svc") == 4.0  # nothing to learn from exact counts
