@@ -160,19 +160,24 @@ def test_gateway_metrics(client: openai.OpenAI, llmserve: Up) -> None:
 
 
 def test_status_command(llmserve: Up) -> None:
+    assert llmserve.state_dir is not None
     out = subprocess.run(
-        [sys.executable, "-m", "llmserve", "status", "--url", llmserve.url, "--api-key", llmserve.api_key],
+        [sys.executable, "-m", "llmserve", "status", "--controller", llmserve.control_url,
+         "--state-dir", str(llmserve.state_dir)],
         capture_output=True,
         text=True,
         cwd=REPO,
         check=True,
         env=dict(os.environ),
-    ).stdout
+    ).stdout  # fmt: skip
     lines = out.splitlines()
     assert lines[0].startswith("warm pool: size 1 (")  # the e2e session runs `llmserve up --warm-pool 1`
-    service = lines.index(next(line for line in lines if line.startswith("smollm2  model=smollm2  ready=1/1")))
-    assert "ready" in lines[service + 1]  # its replica
-    assert "smollm2-scale  model=smollm2-scale" in out
+    (row,) = [line.split() for line in lines if line.startswith("smollm2 ")]
+    assert row[:4] == ["smollm2", "smollm2", "vllm", "1/1"]  # service, model, runtime, ready/desired
+    assert any(line.startswith("smollm2-scale ") for line in lines)
+    replica = next(line.split() for line in lines if line.strip().startswith("smollm2-00001-"))
+    assert replica[1] == "ready"
+    assert "gateways reporting: 1" in out
 
 
 def test_replica_crash_is_restarted(client: openai.OpenAI, llmserve: Up) -> None:
