@@ -24,8 +24,10 @@ What the dispatch path calls, per request (every call also exists on the no-op o
     span.finish(200)                                                # or finish(502, "worker unreachable");
                                                                     # also ends the last upstream call if open
 
-Graph steps are `span.step(name, kind)` children, with their own `upstream()` / `step()` children. No span is
-ever made per SSE chunk. Attribute names follow OpenTelemetry's GenAI and HTTP conventions where they have one
+A graph's request span is `current_graph_span` while the graph runs (gateway/graph/asgi.py); each service step
+is `span.step_request(label, kind)`, a child that takes the same calls as a request span (activator wait,
+routing, upstream; `finish` ends it), so a step's dispatch is traced as a request's is. No span is ever made per
+SSE chunk. Attribute names follow OpenTelemetry's GenAI and HTTP conventions where they have one
 (`gen_ai.request.model`, `gen_ai.usage.input_tokens`, `http.response.status_code`; TTFT as vLLM's own span
 names it, `gen_ai.latency.time_to_first_token`), `llmserve.*` for the rest.
 """
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -169,6 +172,10 @@ class RequestSpan(Span):
     def resolved(self, *, model: str, service: str, tenant: str | None = None, stream: bool = False) -> None:
         """The request named `model`, served by `service` (for `tenant`, when tenants exist)."""
 
+    def step_request(self, name: str, kind: str) -> RequestSpan:
+        """A child span for one graph step that is dispatched as a request (to a service); `finish` ends it."""
+        return NO_REQUEST_SPAN
+
     def held(self) -> Span:
         """A child span for the time the activator holds the request; its length is also `llmserve.activator.held_s`."""
         return NO_SPAN
@@ -218,6 +225,8 @@ class RequestTracer:
 NO_SPAN = Span()
 NO_REQUEST_SPAN = RequestSpan()
 NO_TRACING = RequestTracer()
+# The span of the graph request being run in this task (and the step tasks it starts); NO_REQUEST_SPAN elsewhere.
+current_graph_span: ContextVar[RequestSpan] = ContextVar("current_graph_span", default=NO_REQUEST_SPAN)
 
 
 def build_tracer(settings: TracingSettings, *, exporter: SpanExporter | None = None) -> RequestTracer:
@@ -363,6 +372,9 @@ class _OtelRequestSpan(_OtelSpan, RequestSpan):
         call = super().upstream(replica, url, attempt)
         self._upstream = call if isinstance(call, _OtelSpan) else None
         return call
+
+    def step_request(self, name: str, kind: str) -> RequestSpan:
+        return _OtelRequestSpan(self._tracer, self._child(f"step {name}", {STEP: name, STEP_KIND: kind})._span)
 
     def resolved(self, *, model: str, service: str, tenant: str | None = None, stream: bool = False) -> None:
         attributes: dict[str, Any] = {MODEL: model, SERVICE: service, STREAM: stream}

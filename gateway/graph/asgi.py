@@ -24,6 +24,7 @@ from gateway.asgi import ClientDisconnected, Receive, Scope, Send, read_body, se
 from gateway.drain import Drain, shutting_down
 from gateway.graph.interpreter import GraphRouter
 from gateway.streaming import DisconnectWatch, Reply
+from gateway.tracing import NO_REQUEST_SPAN, NO_TRACING, RequestSpan, RequestTracer, current_graph_span
 from llmserve.protocol.errors import ServingError
 
 log = logging.getLogger("llmserve.gateway.graph")
@@ -45,15 +46,18 @@ async def answer_client(
     errors: ErrorStyle = "graph",
     headers: Sequence[tuple[bytes, bytes]] = (),
     drain: Drain | None = None,
+    span: RequestSpan = NO_REQUEST_SPAN,
 ) -> int:
     """Run `router` on `body` (the request body, already read) and send its answer (with `headers` added, e.g. the
     request id); returns the status sent (499 when the client went away first). `drain`: the gateway's graceful
-    drain, which may cut the graph at its deadline (gateway/drain.py)."""
+    drain, which may cut the graph at its deadline (gateway/drain.py). `span`: the request's trace, the parent of
+    its steps' spans (the caller ends it)."""
     echo = list(headers)
     reply = Reply(send, echo)
     watch = DisconnectWatch(receive)
     watch.start()
     task = drain.track() if drain is not None else None
+    traced = current_graph_span.set(span)
     try:
         answer = await router.run(body, list(scope["headers"]))
         if isinstance(answer.body, bytes):
@@ -96,6 +100,7 @@ async def answer_client(
             await send_bytes(send, 500, render_error(failure, errors), headers=echo)
         return 500
     finally:
+        current_graph_span.reset(traced)
         if drain is not None:
             drain.untrack(task)
         watch.stop()
@@ -134,8 +139,10 @@ class GraphApp:
         observe: Observe | None = None,
         headers: Callable[[Scope], Sequence[tuple[bytes, bytes]]] | None = None,
         drain: Drain | None = None,
+        tracer: RequestTracer = NO_TRACING,
     ) -> None:
         self.routers = routers
+        self.tracer = tracer
         self.drain = drain
         self.max_body_bytes = max_body_bytes
         self.observe = observe
@@ -149,16 +156,24 @@ class GraphApp:
             return
         started = time.perf_counter()
         echo = list(self.headers(scope)) if self.headers is not None else []
-        name, status = await self._answer(scope, receive, send, echo)
+        span = self.tracer.request("graph", scope["headers"])
+        try:
+            name, status = await self._answer(scope, receive, send, echo, span)
+        except BaseException as exc:
+            span.finish(500, f"{type(exc).__name__}: {exc}")
+            raise
+        span.finish(status)
         if self.observe is not None:
             self.observe(name, status, time.perf_counter() - started)
 
     async def _answer(
-        self, scope: Scope, receive: Receive, send: Send, echo: list[tuple[bytes, bytes]]
+        self, scope: Scope, receive: Receive, send: Send, echo: list[tuple[bytes, bytes]], span: RequestSpan
     ) -> tuple[str, int]:
         path: str = scope["path"]
         name = path.removeprefix(self.PREFIX).split("/", 1)[0] if path.startswith(self.PREFIX) else ""
         router = self.routers.get(name)
+        if router is not None:
+            span.resolved(model=name, service=name)
         if router is None:
             error = ServingError(404, f"no InferenceGraph named '{name}'" if name else f"no route {path}")
             await send_bytes(send, 404, render_error(error, "graph"), headers=echo)
@@ -174,7 +189,7 @@ class GraphApp:
             return name, error.status
         except ClientDisconnected:
             return name, 499
-        return name, await answer_client(router, body, scope, receive, send, headers=echo, drain=self.drain)
+        return name, await answer_client(router, body, scope, receive, send, headers=echo, drain=self.drain, span=span)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -5,6 +5,8 @@ replica is woken and the step waits in the activator (503 + Retry-After at its d
 the connection is ejected and the step goes to another, and an engine that died is ejected with the gateway's 502.
 A service with a transformer is called through it, as KServe's router calls an InferenceService's URL.
 A serviceUrl step is called as written (`HttpStepCaller`, on the gateway's upstream pool).
+Traced (gateway/tracing.py), each step is a child of the graph's request span: a service step gets the activator
+wait, the routing decision and its upstream calls beneath it, a serviceUrl step its call's traceparent.
 
 A step body the gateway's own route would refuse (an OpenAI body without `messages`, say) is answered as that
 route would answer it (400 in OpenAI's envelope), so the graph's dependency rules apply to it as to any answer.
@@ -12,11 +14,14 @@ route would answer it (400 in OpenAI's envelope), so the graph's dependency rule
 
 from __future__ import annotations
 
+import asyncio
+
 from gateway.dispatch import Dispatcher, Outbound, next_request_id
 from gateway.graph.http_caller import HttpStepCaller, step_answer, step_headers
 from gateway.graph.steps import JSON_TYPE, Headers, StepAnswer, StepTarget
 from gateway.graph.targets import service_request
 from gateway.routing import RouteContext
+from gateway.tracing import RequestSpan, current_graph_span
 from gateway.v2.services import V2Services
 from gateway.worker_errors import WorkerErrorKind
 from llmserve.endpoints import ServiceInfo
@@ -45,9 +50,26 @@ class DispatchStepCaller:
         self.direct = HttpStepCaller({}, dispatcher.pool)  # serviceUrl steps; the pool is the gateway's
 
     async def __call__(self, target: StepTarget, body: bytes, headers: Headers, stream: bool) -> StepAnswer:
+        graph_span = current_graph_span.get()
         if target.service_name is None:
-            return await self.direct(target, body, headers, stream)
+            with graph_span.step(target.label, target.router_type) as step:
+                return await self.direct(target, body, step.inject(headers), stream)
+        span = graph_span.step_request(target.label, target.router_type)
+        try:
+            answer = await self._dispatch(target, body, headers, stream, span)
+        except ServingError as error:
+            span.finish(error.status, error.message)
+            raise
+        except BaseException as exc:
+            span.finish(499 if isinstance(exc, asyncio.CancelledError) else 500, f"{type(exc).__name__}: {exc}")
+            raise
+        return answer
+
+    async def _dispatch(
+        self, target: StepTarget, body: bytes, headers: Headers, stream: bool, span: RequestSpan
+    ) -> StepAnswer:
         info = self._service(target)
+        span.resolved(model=info.model_name, service=info.name, stream=stream)
         path, body = service_request(target.label, info.protocol, info.model_name, body, target.path)
         transformers = self.dispatcher.deps.transformers
         hop = None
@@ -60,10 +82,16 @@ class DispatchStepCaller:
         self.ledger.arrived(info.name)
         held_tokens = ctx.body_size // 4 + (ctx.request.max_tokens or self.default_output_tokens)
         outbound = Outbound(b"POST", path.encode(), step_headers(headers), body)
-        response, dispatched = await self.dispatcher.send(ctx, outbound, held_tokens=held_tokens)
+        response, dispatched = await self.dispatcher.send(ctx, outbound, held_tokens=held_tokens, span=span)
         if hop is not None:
             response = hop.response(response)
-        answer = await step_answer(response, target.label, stream, on_end=dispatched.release)
+        status = response.status
+
+        def ended() -> None:  # the step's exchange is over (read whole, failed, or its stream closed)
+            dispatched.release()
+            span.finish(status)
+
+        answer = await step_answer(response, target.label, stream, on_end=ended)
         if isinstance(answer.body, bytes):
             failure = self.dispatcher.worker_error(dispatched.endpoint, answer.status, answer.body, path=path)
             if failure is not None and failure.kind is WorkerErrorKind.ENGINE_DEAD:

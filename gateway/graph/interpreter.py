@@ -185,7 +185,7 @@ class GraphRouter:
         if step.node_name is not None:
             return await self._node(step.node_name, body, headers, terminal)
         label = _label(node, index, step)
-        target = StepTarget(label, step.service_name, step.service_url, step.path)
+        target = StepTarget(label, step.service_name, step.service_url, step.path, self._nodes[node].router_type)
         stream = terminal and step.stream
         try:
             async with asyncio.timeout(self._step_limit):

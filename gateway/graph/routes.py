@@ -25,6 +25,7 @@ from gateway.graph.settings import GraphRouterSettings
 from gateway.graph.source import GraphSource
 from gateway.graph.steps import StepCaller
 from gateway.metrics import GatewayMetrics
+from gateway.tracing import NO_REQUEST_SPAN, NO_TRACING, RequestSpan, RequestTracer
 from llmserve.protocol.errors import ServingError
 
 log = logging.getLogger("llmserve.gateway.graph")
@@ -42,6 +43,7 @@ class GraphRoutes:
         settings: GraphRouterSettings | None = None,
         max_body_bytes: int = 10 * 1024 * 1024,
         drain: Drain | None = None,
+        tracer: RequestTracer = NO_TRACING,
     ) -> None:
         self._source = source
         self._drain = drain
@@ -51,8 +53,9 @@ class GraphRoutes:
         self.routers: dict[str, GraphRouter] = {}
         self._exposed: dict[str, GraphRouter] = {}
         self.app = GraphApp(
-            self.routers, max_body_bytes=max_body_bytes, observe=self._observe, headers=_echo, drain=drain
-        )
+            self.routers, max_body_bytes=max_body_bytes, observe=self._observe, headers=_echo, drain=drain,
+            tracer=tracer,
+        )  # fmt: skip
         source.subscribe_graphs(self._changed)
         for name in list(source.graphs()):
             self._changed(name)
@@ -65,11 +68,19 @@ class GraphRoutes:
         return sorted(self._exposed)
 
     async def answer_openai(
-        self, router: GraphRouter, body: bytes, scope: Scope, receive: Receive, send: Send, headers: Headers
+        self,
+        router: GraphRouter,
+        body: bytes,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: Headers,
+        span: RequestSpan = NO_REQUEST_SPAN,
     ) -> int:
-        """Run an exposed graph on a chat request (already read and checked); errors in OpenAI's envelope."""
+        """Run an exposed graph on a chat request (already read and checked); errors in OpenAI's envelope. `span`:
+        the chat request's, the parent of the steps' spans."""
         return await answer_client(
-            router, body, scope, receive, send, errors="openai", headers=headers, drain=self._drain
+            router, body, scope, receive, send, errors="openai", headers=headers, drain=self._drain, span=span
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -134,6 +145,7 @@ def attach_graphs(
         settings=settings,
         max_body_bytes=dispatcher.deps.settings.max_body_bytes,
         drain=dispatcher.deps.drain,
+        tracer=dispatcher.tracer,
     )
     app.add_fast_prefix(PREFIX, routes, accept=_graph_path, key_check=GraphKeyCheck)
     return routes

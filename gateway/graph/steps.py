@@ -45,6 +45,7 @@ class StepTarget:
     service_name: str | None = None
     service_url: str | None = None
     path: str | None = None  # serviceName only: the path to call; None: the caller derives it
+    router_type: str = ""  # the node's kind (Sequence, Switch, Ensemble, Splitter): traces name it
 
 
 @dataclass(slots=True)

@@ -67,7 +67,8 @@ class OpenAIProxy:
             graph = graphs.exposed(request.model) if graphs is not None else None
             if graphs is not None and graph is not None:
                 exchange.model = request.model
-                return await graphs.answer_openai(graph, body, scope, receive, send, reply.headers)
+                exchange.span.resolved(model=request.model, service=request.model, stream=request.streamed)
+                return await graphs.answer_openai(graph, body, scope, receive, send, reply.headers, exchange.span)
             service = self.endpoints.resolve_model(request.model)
             if service is None:
                 raise ServingError.model_not_found(request.model)

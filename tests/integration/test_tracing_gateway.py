@@ -22,10 +22,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from gateway.app import Gateway as GatewayParts
 from gateway.app import build_gateway
+from gateway.graph.source import StaticGraphs
 from gateway.settings import GatewaySettings
 from gateway.tracing import TracingSettings, build_tracer
 from llmserve.endpoints import Endpoint, EndpointRegistry, ServiceInfo
 from llmserve.protocol.v2_grpc import open_inference_grpc_pb2 as pb
+from llmserve.spec.graph import InferenceGraph
 from llmserve.workers.processes import free_port
 from llmserve.workers.sim.app import SimServer, create_app
 from llmserve.workers.sim.clock import RealClock
@@ -38,6 +40,15 @@ CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
 DOCUMENT = "A shared document about observability, tracing and the prefix cache. " * 12
 INFER = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}
+TWICE = InferenceGraph.model_validate({  # two steps on the V2 service, the second on the request again
+    "apiVersion": "serving.llmserve.io/v1alpha1",
+    "kind": "InferenceGraph",
+    "metadata": {"name": "twice"},
+    "spec": {"nodes": {"root": {"routerType": "Sequence", "steps": [
+        {"name": "first", "serviceName": "iris"},
+        {"name": "again", "serviceName": "iris", "data": "$request"},
+    ]}}},
+})  # fmt: skip
 
 
 @dataclass
@@ -95,7 +106,8 @@ def traced(runtime: RuntimeProcess) -> Iterator[Traced]:
         for name in ("chat-0", "chat-1"):
             registry.publish(Endpoint("chat", name, sims[name][1].url, revision="chat-00001"))
         settings = GatewaySettings(grpc_port=free_port(), activator_timeout_s=30)
-        parts = build_gateway(settings, registry, tracer=build_tracer(TracingSettings(), exporter=exporter))
+        tracer = build_tracer(TracingSettings(), exporter=exporter)
+        parts = build_gateway(settings, registry, tracer=tracer, graphs=StaticGraphs([TWICE]))
         server = stack.enter_context(serving(parts.app))
         yield Traced(server, parts, registry, exporter, sims, f"127.0.0.1:{settings.grpc_port}")
 
@@ -260,3 +272,28 @@ def test_off_no_span_and_no_traceparent() -> None:
     assert parts.tracer is not None
     assert not parts.tracer.enabled
     assert list(app.traceparents) == []
+
+
+def test_a_graph_is_one_span_with_a_child_per_step_and_each_steps_dispatch_beneath_it(traced: Traced) -> None:
+    answer = httpx.post(f"{traced.url}/v1/graphs/twice", json={"instances": [[5.1, 3.5, 1.4, 0.2]]}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    (span,) = traced.request_span("graph")
+    assert attrs(span)["llmserve.service"] == "twice"
+    assert attrs(span)["http.response.status_code"] == 200
+    spans = traced.trace(span)
+    steps = sorted((s for s in spans if s.parent is not None and s.parent.span_id == span.context.span_id),
+                   key=lambda s: s.start_time or 0)  # fmt: skip
+    assert [attrs(s)["llmserve.graph.step"] for s in steps] == [
+        "step root.steps[0] (first) -> iris", "step root.steps[1] (again) -> iris"]  # fmt: skip
+    for step in steps:
+        got = attrs(step)
+        assert got["llmserve.graph.router_type"] == "Sequence"
+        assert got["llmserve.service"] == "iris"
+        assert got["llmserve.replica"] == "iris-0"
+        assert got["http.response.status_code"] == 200
+        kids = children(spans, step)
+        assert set(kids) == {"routing", "upstream"}
+        assert attrs(kids["upstream"])["llmserve.replica"] == "iris-0"
+        assert step.end_time is not None
+        assert span.end_time is not None
+        assert step.end_time <= span.end_time
