@@ -130,8 +130,10 @@ async def running(
 
 @asynccontextmanager
 async def gateway(registry: EndpointRegistry) -> AsyncIterator[str]:
-    """The real gateway app on a free loopback port, on this event loop (the registry is single-loop)."""
-    app = create_app(GatewaySettings(port=0), registry)
+    """The real gateway app on a free loopback port, on this event loop (the registry is single-loop). Round-robin:
+    these tests ask whether the gateway reaches every replica; token-aware would keep one repeated prompt on the
+    replica that has it cached."""
+    app = create_app(GatewaySettings(port=0, default_routing_profile="round-robin"), registry)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False))
     task = asyncio.get_running_loop().create_task(server.serve())
     await until(lambda: server.started or task.done(), within_s=10)
