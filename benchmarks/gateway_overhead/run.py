@@ -180,6 +180,19 @@ def run_wrk(url: str, connections: int, duration: int, seed: int) -> dict[str, f
     return data
 
 
+def run_wrk_short(url: str, connections: int, stream: bool, duration: int) -> dict[str, float]:
+    """wrk with post.lua: one short chat prompt, streamed or not (the topology and tracing benchmarks, which compare
+    a gateway with itself, not the routing's work on long prompts)."""
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(HERE / "post.lua"),
+           f"{url}/v1/chat/completions"]  # fmt: skip
+    env = {**os.environ, "STREAM": "1" if stream else "0"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
+    line = next(line for line in out.splitlines() if line.startswith("JSON "))
+    data: dict[str, float] = json.loads(line[5:])
+    data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
+    return data
+
+
 def run_streams(url: str, concurrency: int, duration: int) -> dict[str, float]:
     """Spaced streams for about `duration` seconds (32 chunks x 12.5 ms mean gap = ~0.4 s a stream)."""
     streams = max(concurrency, int(duration / 0.4 * concurrency))

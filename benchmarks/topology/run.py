@@ -44,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: the repository's benchmarks package
 
-from benchmarks.gateway_overhead.run import cpu_seconds, free_port, run_wrk, start, wait_http  # noqa: E402
+from benchmarks.gateway_overhead.run import cpu_seconds, free_port, run_wrk_short, start, wait_http  # noqa: E402
 
 WORK = REPO / "benchmarks" / ".work" / "topology"
 RESULTS = REPO / "benchmarks" / "results"
@@ -167,7 +167,7 @@ def watched_gateway(
 
 def measure(gateway: Gateway, connections: int, duration: int, stream: bool = False) -> dict[str, float]:
     before = cpu_seconds(gateway.process)
-    result = run_wrk(gateway.url, connections, stream, duration)
+    result = run_wrk_short(gateway.url, connections, stream, duration)
     result["cpu_us_per_request"] = (cpu_seconds(gateway.process) - before) / max(result["requests"], 1) * 1e6
     return result
 
@@ -178,7 +178,7 @@ def hot_path(args: argparse.Namespace) -> None:
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     with fake_backends(2) as backends, registry_gateway(backends) as old, watched_gateway(backends) as new:
         for gateway in (old, new):
-            run_wrk(gateway.url, 4, False, 2)  # warm-up
+            run_wrk_short(gateway.url, 4, False, 2)  # warm-up
         for round_no in range(args.rounds):
             for label, connections in scenarios:
                 order = (old, new) if round_no % 2 == 0 else (new, old)
@@ -225,7 +225,7 @@ def workers(args: argparse.Namespace) -> None:
         for round_no in range(args.rounds):
             for count in (1, 2) if round_no % 2 == 0 else (2, 1):
                 with watched_gateway(backends, workers=count, name=f"--workers {count}") as gateway:
-                    run_wrk(gateway.url, 8, False, 2)
+                    run_wrk_short(gateway.url, 8, False, 2)
                     for label, connections in scenarios:
                         result = measure(gateway, connections, args.duration)
                         results.setdefault((count, label), []).append(result)

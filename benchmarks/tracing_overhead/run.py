@@ -37,7 +37,7 @@ from benchmarks.gateway_overhead.run import (  # noqa: E402 - after the path is 
     Target,
     cpu_seconds,
     free_port,
-    run_wrk,
+    run_wrk_short,
     start,
     wait_http,
 )
@@ -87,14 +87,14 @@ def main() -> None:
             targets.append(Target(name, f"http://127.0.0.1:{port}", process))
         for target in targets:  # warm-up, and a check that both answer
             for stream in (False, True):
-                run_wrk(target.url, 4, stream, 2)
+                run_wrk_short(target.url, 4, stream, 2)
         spans: dict[str, list[float]] = {}
         for round_no in range(args.rounds):
             for label, connections, stream in SCENARIOS:
                 for target in targets:
                     exported = spans_at(collector)
                     before = cpu_seconds(target.process)
-                    result = run_wrk(target.url, connections, stream, args.duration)
+                    result = run_wrk_short(target.url, connections, stream, args.duration)
                     result["cpu_us_per_request"] = (
                         (cpu_seconds(target.process) - before) / max(result["requests"], 1) * 1e6
                     )
