@@ -43,6 +43,7 @@ import orjson
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 from gateway.asgi import Message, Send
+from gateway.upstream import UpstreamPool
 from llmserve.endpoints import ServiceInfo
 from llmserve.payload_policy import LogPolicy
 
@@ -232,7 +233,8 @@ class PayloadLogger:
         self.max_payload_bytes = max_payload_bytes
         self.source_prefix = source_prefix.rstrip("/")
         self._sinks: dict[str, _Sink] = {}
-        self._client: httpx.AsyncClient | None = None
+        self._client: httpx.AsyncClient | None = None  # https:// sinks
+        self._pool: UpstreamPool | None = None  # http:// sinks: the gateway's own client, a fraction of httpx's CPU
         self.counts: dict[tuple[str, Outcome], int] = {}
 
     # -- request path ---------------------------------------------------------------------------------------------
@@ -298,6 +300,8 @@ class PayloadLogger:
             await sink.stop()
         if self._client is not None:
             await self._client.aclose()
+        if self._pool is not None:
+            await self._pool.close()
 
     def count(self, sink: str, outcome: Outcome, n: int = 1) -> None:
         key = (sink, outcome)
@@ -313,6 +317,11 @@ class PayloadLogger:
         yield family
 
     # -- delivery (off the request path) ----------------------------------------------------------------------------
+    def pool(self) -> UpstreamPool:
+        if self._pool is None:
+            self._pool = UpstreamPool()
+        return self._pool
+
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self.sink_timeout_s)
@@ -416,9 +425,29 @@ class _Sink:
             for key, value in self.logger.attributes(event).items()
         }
         body = self.logger.redact(b"".join(event.body))
-        response = await self.logger.client().post(self.target, content=body, headers=headers)
-        if response.status_code >= 300:
-            raise RuntimeError(f"the sink answered {response.status_code}")
+        if self.target.startswith("http://") and "@" not in urlsplit(self.target).netloc:  # credentials: httpx
+            status = await self._post_plain(body, headers)
+        else:
+            status = (await self.logger.client().post(self.target, content=body, headers=headers)).status_code
+        if status >= 300:
+            raise RuntimeError(f"the sink answered {status}")
+
+    async def _post_plain(self, body: bytes, headers: dict[str, str]) -> int:
+        """POST to an http:// sink on the gateway's upstream client (keep-alive; the answer's body is read whole)."""
+        parts = urlsplit(self.target)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        encoded = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        timeout = self.logger.sink_timeout_s
+        async with asyncio.timeout(timeout):
+            base = f"http://{parts.hostname}:{parts.port or 80}"
+            response = await self.logger.pool().request(
+                base, b"POST", path.encode("latin-1"), encoded, body, header_timeout=timeout
+            )
+            try:
+                await response.read()
+            finally:
+                response.abort()  # a no-op once complete
+        return response.status
 
     def _structured(self, event: _Event) -> bytes:
         record: dict[str, Any] = dict(self.logger.attributes(event))
