@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -389,6 +390,25 @@ def _client_token(explicit: str | None, state_dir: Path) -> str | None:
     from controller.statedir import read_token
 
     return explicit or os.environ.get("LLMSERVE_CONTROL_TOKEN") or read_token(state_dir)
+
+
+def _await_local_token(url: str, state_dir: Path, within_s: float = 30.0) -> str | None:
+    """A gateway started beside a controller that is starting too (same machine, same state dir) waits for the
+    token the controller writes there at start, rather than starting without one and being refused for good."""
+    from urllib.parse import urlsplit
+
+    from controller.statedir import read_token
+    from llmserve.serving import is_loopback
+
+    token = read_token(state_dir)
+    if token is not None or not is_loopback(urlsplit(url).hostname or ""):
+        return token
+    print(f"waiting up to {within_s:g} s for the controller's token in {state_dir}", file=sys.stderr)
+    deadline = time.monotonic() + within_s
+    while token is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        token = read_token(state_dir)
+    return token
 
 
 def _call(args: argparse.Namespace, call: Callable[[Any], Awaitable[dict[str, Any]]]) -> dict[str, Any] | None:
@@ -789,7 +809,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
 
         return run_gateway_processes(args.workers, _child_argv(args.argv), stop_grace_s=args.drain_timeout + 5)
     url = args.controller or f"http://127.0.0.1:{DEFAULT_CONTROL_PORT}"
-    token = _client_token(args.control_token, args.state_dir)
+    token = _client_token(args.control_token, args.state_dir) or _await_local_token(url, args.state_dir)
     link = ControlLinkSettings(url=url, token=SecretStr(token) if token else None)
 
     async def serve() -> None:

@@ -254,3 +254,23 @@ def test_gateway_workers_share_one_port(tmp_path: Path) -> None:
             assert statuses == [200] * 10
         finally:
             shared.stop()
+
+
+def test_a_gateway_started_before_its_controller_waits_for_the_token_and_serves(tmp_path: Path) -> None:
+    """`llmserve gateway & llmserve controller` on one machine: the gateway finds no token in the state dir yet,
+    waits for the one the controller writes at start, and serves once the controller's replica is ready."""
+    from tests.support.topology import ControllerProcess
+
+    controller = ControllerProcess(service_file(tmp_path / "svc"), tmp_path)
+    gateway = GatewayProcess(controller, tmp_path)
+    gateway.start(wait_ready=False)
+    try:
+        wait_for(lambda: "waiting up to" in gateway.tail(), 30, "the gateway waits for the token", gateway.tail)
+        controller.start()
+        wait_for(lambda: httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT, timeout=10).status_code == 200,
+                 60, "a chat through the gateway", gateway.tail)  # fmt: skip
+        assert "invalid control token" not in gateway.tail()
+    finally:
+        gateway.stop()
+        if controller.process is not None and controller.process.poll() is None:
+            controller.kill(signal.SIGTERM)
