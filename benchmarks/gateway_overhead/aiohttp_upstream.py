@@ -2,7 +2,8 @@
 benchmark only (issue 14: if the home-made client is not clearly cheaper per request, the gateway should switch).
 
 Same surface as `gateway.upstream.UpstreamPool` / `UpstreamResponse` as the gateway uses them: `request()` returns
-once the headers arrived; the body is read whole or chunk by chunk; `abort()` closes the connection unless the
+once the headers arrived; `watch_idle()` bounds a worker's silence; the body is read whole or chunk by chunk;
+`abort()` closes the connection unless the
 response is complete; connect failures are retryable `UpstreamError`s. `serve_gateway.py --upstream aiohttp`
 swaps it in.
 """
@@ -22,6 +23,11 @@ class AiohttpResponse:
         self.status = response.status
         self.headers: Headers = [(k.lower(), v) for k, v in response.raw_headers]
         self.received_any = True
+        self._idle_s: float | None = None
+
+    def watch_idle(self, seconds: float) -> None:
+        """A worker silent for `seconds` while a chunk is awaited breaks the response (as gateway/upstream.py)."""
+        self._idle_s = seconds if seconds > 0 else None
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -35,7 +41,7 @@ class AiohttpResponse:
 
     async def next_chunk(self) -> bytes | None:
         try:
-            data = await self._response.content.readany()
+            data = await asyncio.wait_for(self._response.content.readany(), self._idle_s)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise UpstreamError(f"worker broke the response: {exc}") from None
         if not data:
