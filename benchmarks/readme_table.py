@@ -113,8 +113,8 @@ def decision(path: Path) -> str:
     warm, cold = data["warm"], data["cold"]
     return (
         f"event-loop blocking per decision p99: {warm['blocking_p99_ms']:.2f} ms for a document seen before, "
-        f"{cold['blocking_p99_ms']:.2f} ms for a new one, whose tokenization off the loop takes "
-        f"{cold['off_loop_p99_ms']:.1f} ms p99 more"
+        f"{cold['blocking_p99_ms']:.2f} ms for a new one, plus {cold['off_loop_p99_ms']:.1f} ms p99 waiting off the "
+        "loop (routing hashes text; it does not tokenize)"
     )
 
 
