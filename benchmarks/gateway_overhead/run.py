@@ -170,27 +170,25 @@ def cpu_seconds(process: subprocess.Popen[bytes] | None) -> float:
     return total
 
 
-def run_wrk(url: str, connections: int, duration: int, seed: int) -> dict[str, float]:
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(HERE / "post_rag.lua"),
+def _wrk(url: str, connections: int, duration: int, script: str, env: dict[str, str]) -> dict[str, float]:
+    """wrk (1 thread) running `script` against the chat route; the JSON line the script prints, plus req/s."""
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(HERE / script),
            f"{url}/v1/chat/completions"]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "SEED": str(seed)}, check=True).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, check=True).stdout
     line = next(line for line in out.splitlines() if line.startswith("JSON "))
     data: dict[str, float] = json.loads(line[5:])
     data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
     return data
+
+
+def run_wrk(url: str, connections: int, duration: int, seed: int) -> dict[str, float]:
+    return _wrk(url, connections, duration, "post_rag.lua", {"SEED": str(seed)})
 
 
 def run_wrk_short(url: str, connections: int, stream: bool, duration: int) -> dict[str, float]:
     """wrk with post.lua: one short chat prompt, streamed or not (the topology and tracing benchmarks, which compare
     a gateway with itself, not the routing's work on long prompts)."""
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(HERE / "post.lua"),
-           f"{url}/v1/chat/completions"]  # fmt: skip
-    env = {**os.environ, "STREAM": "1" if stream else "0"}
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
-    line = next(line for line in out.splitlines() if line.startswith("JSON "))
-    data: dict[str, float] = json.loads(line[5:])
-    data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
-    return data
+    return _wrk(url, connections, duration, "post.lua", {"STREAM": "1" if stream else "0"})
 
 
 def run_streams(url: str, concurrency: int, duration: int) -> dict[str, float]:
