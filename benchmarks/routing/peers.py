@@ -282,6 +282,78 @@ def main(argv: list[str] | None = None) -> None:
     write_report(args, results, failures, load_before)
 
 
+OURS = "token-aware"
+PEER_TARGETS = ("vllm-router:cache_aware", "sglang-router:cache_aware", "llm-d-style", "sticky-sessions")
+GOAL_TTFT, GOAL_GOODPUT = 1.3, 1.2  # issue 14: token-aware against the best peer on that workload
+
+
+def _spread(values: list[float], fmt: str = "{:.2f}") -> str:
+    return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
+
+
+def verdicts(results: list[dict[str, Any]]) -> list[str]:
+    """Token-aware against the best peer (lowest median mean TTFT over seeds) per workload and load, seed by seed."""
+    lines: list[str] = []
+    by_key = {(r["target"], r["workload"], r["load"], r["seed"]): r for r in results}
+    for workload, load in dict.fromkeys((r["workload"], r["load"]) for r in results):
+        seeds = sorted({r["seed"] for r in results if (r["workload"], r["load"]) == (workload, load)})
+
+        def rows(target: str) -> list[dict[str, Any]] | None:
+            found = [by_key.get((target, workload, load, s)) for s in seeds]  # noqa: B023 (used at once)
+            return [r for r in found if r is not None] if all(found) else None
+
+        ours = rows(OURS)
+        peers = {p: found for p in PEER_TARGETS if (found := rows(p)) is not None}
+        if ours is None or not peers:
+            continue
+        best = min(peers, key=lambda p: statistics.median(r["mean_ttft_s"] for r in peers[p]))
+        ttft = [b["mean_ttft_s"] / o["mean_ttft_s"] for b, o in zip(peers[best], ours, strict=True)]
+        good = [o["goodput"] / b["goodput"] for b, o in zip(peers[best], ours, strict=True)]
+        ttft_ok, good_ok = statistics.median(ttft) >= GOAL_TTFT, statistics.median(good) >= GOAL_GOODPUT
+        lines.append(
+            f"- {workload} at {load:g} of capacity: best peer {best}; its mean TTFT / token-aware's "
+            f"{_spread(ttft)}x (goal >= {GOAL_TTFT:g}x: {'met' if ttft_ok else 'MISSED'}); goodput token-aware / "
+            f"{best} {_spread(good)}x (goal >= {GOAL_GOODPUT:g}x: {'met' if good_ok else 'MISSED'}; {best} meets "
+            f"the SLO for {statistics.median(r['slo_met'] for r in peers[best]):.0%} of requests at this load)"
+        )
+    return lines
+
+
+def plot(results: list[dict[str, Any]], args: argparse.Namespace, path: Path) -> None:
+    """Mean TTFT and goodput per target, one panel pair per workload: median bars, seed range as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = list(dict.fromkeys((r["workload"], r["load"]) for r in results))
+    if not cells:
+        return
+    fig, axes = plt.subplots(len(cells), 2, figsize=(11, 3.4 * len(cells)), squeeze=False)
+    for (workload, load), (ttft_ax, good_ax) in zip(cells, axes, strict=True):
+        targets = list(dict.fromkeys(r["target"] for r in results if (r["workload"], r["load"]) == (workload, load)))
+        for ax, key, scale, label in (
+            (ttft_ax, "mean_ttft_s", 1000.0, "mean TTFT, ms"),
+            (good_ax, "goodput", 1.0, f"goodput, req/s at TTFT <= {args.slo_ms:g} ms"),
+        ):
+            values = [[r[key] * scale for r in results if (r["target"], r["workload"], r["load"]) ==
+                       (t, workload, load)] for t in targets]  # fmt: skip
+            mid = [statistics.median(v) for v in values]
+            err = [[m - min(v) for m, v in zip(mid, values, strict=True)],
+                   [max(v) - m for m, v in zip(mid, values, strict=True)]]  # fmt: skip
+            colors = ["tab:red" if t == OURS else "tab:grey" for t in targets]
+            ax.barh(targets, mid, xerr=err, color=colors, capsize=3)
+            ax.set_xlabel(label)
+            ax.set_title(f"{workload}, load {load:g} of capacity", fontsize=9)
+            ax.grid(axis="x", alpha=0.3)
+            ax.invert_yaxis()
+    fig.suptitle(f"{args.workers} simulated workers ({args.profile}, model estimate), {args.kv_blocks} KV blocks; "
+                 f"median and range of {args.seeds} seeds", fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, metadata={"Software": None})
+    plt.close(fig)
+
+
 def write_report(
     args: argparse.Namespace, results: list[dict[str, Any]], failures: dict[str, str], load_before: tuple[float, ...]
 ) -> None:
@@ -289,16 +361,22 @@ def write_report(
         values = [r[key] * scale for r in rows]
         return f"{statistics.median(values):.1f} [{min(values):.1f}-{max(values):.1f}]" if values else "-"
 
+    command = (
+        f"python -m benchmarks.routing.peers --workloads {args.workloads} --targets {args.targets} "
+        f"--loads {args.loads} --seeds {args.seeds} --workers {args.workers} --profile {args.profile} "
+        f"--kv-blocks {args.kv_blocks} --speed {args.speed:g} --warm-requests {args.warm_requests} "
+        f"--measured-requests {args.measured_requests} --slo-ms {args.slo_ms:g}"
+    )
+    date = datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes")
+    load_after = os.getloadavg()
     lines = [
         f"# Routing on {args.workers} simulated vLLM workers over HTTP: real peer routers, the same traces",
         "",
-        f"- command: `python -m benchmarks.routing.peers --workloads {args.workloads} --targets {args.targets} "
-        f"--loads {args.loads} --seeds {args.seeds} --workers {args.workers} --profile {args.profile} "
-        f"--kv-blocks {args.kv_blocks} --speed {args.speed:g} --warm-requests {args.warm_requests} "
-        f"--measured-requests {args.measured_requests} --slo-ms {args.slo_ms:g}` (`make bench-peers`)",
-        f"- date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='minutes')} UTC; machine: {platform.node()}, "
+        f"- command: `{command}` (`make bench-peers`)",
+        f"- date: {date} UTC; machine: {platform.node()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}; load average before "
-        f"{[round(x, 2) for x in load_before]}, after {[round(x, 2) for x in os.getloadavg()]}",
+        f"{[round(x, 2) for x in load_before]}, after {[round(x, 2) for x in load_after]}; the workers, the router "
+        "and the load generator share the cores",
         f"- workers: llmserve.workers.sim, profile {args.profile} (**model estimate**, not calibrated on a GPU), "
         f"{args.kv_blocks} KV blocks each, speed {args.speed:g}; times in simulated seconds; loads are fractions of "
         "the best policy's capacity in `routing_virtual.json`, scaled to this fleet",
@@ -315,9 +393,15 @@ def write_report(
         lines.append(f"| {workload} | {load:g} | {target} | {cell(rows, 'mean_ttft_s', 1000)} | "
                      f"{cell(rows, 'p99_ttft_s', 1000)} | {cell(rows, 'goodput', 1)} | "
                      f"{sum(r['errors'] for r in rows)} |")  # fmt: skip
+    goals = verdicts(results)
+    picture = args.out.with_suffix(".png")
+    lines += ["", "Goals (issue 14), seed by seed against the best peer:", *goals, "", f"![]({picture.name})"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps({"results": results, "failures": failures}, indent=1))
+    meta = {"command": command, "date": date, "load_before": load_before, "load_after": load_after}
+    data = {"meta": meta, "results": results, "failures": failures, "verdicts": goals}
+    args.out.with_suffix(".json").write_text(json.dumps(data, indent=1))
+    plot(results, args, picture)
     print("\n".join(lines))
 
 
