@@ -39,6 +39,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from benchmarks.bars import Bar, Panel, draw
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 WORK = REPO / "benchmarks" / ".work"
@@ -277,7 +279,10 @@ def summarise(targets: list[Target]) -> dict[str, dict[str, dict[str, float]]]:
             runs = target.results.get(label, [])
             base = direct.results.get(label, []) if direct is not None and target is not direct else []
             row = {"rps": median([r["rps"] for r in runs]),
-                   "cpu_us_per_request": median([r["cpu_us_per_request"] for r in runs])}  # fmt: skip
+                   "cpu_us_per_request": median([r["cpu_us_per_request"] for r in runs]),
+                   "cpu_us_per_request_min": min((r["cpu_us_per_request"] for r in runs), default=float("nan")),
+                   "cpu_us_per_request_max": max((r["cpu_us_per_request"] for r in runs), default=float("nan")),
+                   "errors": sum(r["errors"] + r.get("non2xx", 0.0) for r in runs)}  # fmt: skip
             key = "chunk_delay_p50_ms" if stream else "p50_us"
             scale = 1.0 if stream else 1000.0
             if base:
@@ -336,10 +341,28 @@ def write_report(args: argparse.Namespace, targets: list[Target], load_before: t
     if direct is None:
         lines.append("(no direct target: added latencies not computed)")
     lines += verdicts(summary)
+    picture = args.out.with_suffix(".png")
+    lines += ["", f"![proxy CPU per request]({picture.name})"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps({"summary": summary, "verdicts": verdicts(summary)}, indent=1))
+    plot(targets, args, picture)
     print("\n".join(lines))
+
+
+def plot(targets: list[Target], args: argparse.Namespace, path: Path) -> None:
+    """Proxy CPU per request, a panel per scenario (log scale: LiteLLM costs ~30x the others); a target that had
+    errors in a scenario is left out of that panel (its CPU per request would be that of failing fast)."""
+    panels = []
+    for label, _, _ in SCENARIOS:
+        bars = []
+        for target in (t for t in targets if t.process is not None):
+            runs = target.results.get(label, [])
+            if runs and not any(r["errors"] + r.get("non2xx", 0.0) for r in runs):
+                bars.append(Bar(target.name, [r["cpu_us_per_request"] for r in runs], ours=target.name == "llmserve"))
+        panels.append(Panel(label, "proxy CPU, us per request (streams: per stream), log", bars, log=True))
+    draw(panels, f"{args.backends} fake backends, token-aware routing; median and range of {args.rounds} rounds; "
+         "a target with errors in a scenario is not drawn", path)  # fmt: skip
 
 
 def verdicts(summary: dict[str, dict[str, dict[str, float]]]) -> list[str]:
@@ -359,6 +382,9 @@ def verdicts(summary: dict[str, dict[str, dict[str, float]]]) -> list[str]:
     if ours and lib:
         for label, _, _ in SCENARIOS:
             a, b = ours[label]["cpu_us_per_request"], lib[label]["cpu_us_per_request"]
+            if lib[label].get("errors"):
+                lines.append(f"- {label}: upstream client, aiohttp had {lib[label]['errors']:.0f} errors: no ratio")
+                continue
             lines.append(f"- {label}: upstream client, ours {a:.0f} vs aiohttp {b:.0f} us CPU per request "
                          f"({b / a:.2f}x)")  # fmt: skip
     return lines

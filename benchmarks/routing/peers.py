@@ -37,6 +37,7 @@ from typing import Any
 
 import aiohttp
 
+from benchmarks.bars import Bar, Panel, draw
 from benchmarks.routing.workloads import CLOSED_LOOP, Session, Turn, Workload, build, session_lifetime_s
 
 REPO = Path(__file__).resolve().parents[2]
@@ -320,38 +321,17 @@ def verdicts(results: list[dict[str, Any]]) -> list[str]:
 
 
 def plot(results: list[dict[str, Any]], args: argparse.Namespace, path: Path) -> None:
-    """Mean TTFT and goodput per target, one panel pair per workload: median bars, seed range as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cells = list(dict.fromkeys((r["workload"], r["load"]) for r in results))
-    if not cells:
-        return
-    fig, axes = plt.subplots(len(cells), 2, figsize=(11, 3.4 * len(cells)), squeeze=False)
-    for (workload, load), (ttft_ax, good_ax) in zip(cells, axes, strict=True):
-        targets = list(dict.fromkeys(r["target"] for r in results if (r["workload"], r["load"]) == (workload, load)))
-        for ax, key, scale, label in (
-            (ttft_ax, "mean_ttft_s", 1000.0, "mean TTFT, ms"),
-            (good_ax, "goodput", 1.0, f"goodput, req/s at TTFT <= {args.slo_ms:g} ms"),
-        ):
-            values = [[r[key] * scale for r in results if (r["target"], r["workload"], r["load"]) ==
-                       (t, workload, load)] for t in targets]  # fmt: skip
-            mid = [statistics.median(v) for v in values]
-            err = [[m - min(v) for m, v in zip(mid, values, strict=True)],
-                   [max(v) - m for m, v in zip(mid, values, strict=True)]]  # fmt: skip
-            colors = ["tab:red" if t == OURS else "tab:grey" for t in targets]
-            ax.barh(targets, mid, xerr=err, color=colors, capsize=3)
-            ax.set_xlabel(label)
-            ax.set_title(f"{workload}, load {load:g} of capacity", fontsize=9)
-            ax.grid(axis="x", alpha=0.3)
-            ax.invert_yaxis()
-    fig.suptitle(f"{args.workers} simulated workers ({args.profile}, model estimate), {args.kv_blocks} KV blocks; "
-                 f"median and range of {args.seeds} seeds", fontsize=10)  # fmt: skip
-    fig.tight_layout()
-    fig.savefig(path, dpi=90, metadata={"Software": None})
-    plt.close(fig)
+    """Mean TTFT and goodput per target, a pair of panels per workload: median bars, the seed range as error bars."""
+    panels = []
+    for workload, load in dict.fromkeys((r["workload"], r["load"]) for r in results):
+        rows = [r for r in results if (r["workload"], r["load"]) == (workload, load)]
+        targets = list(dict.fromkeys(r["target"] for r in rows))
+        for key, scale, label in (("mean_ttft_s", 1000.0, "mean TTFT, ms"),
+                                  ("goodput", 1.0, f"goodput, req/s at TTFT <= {args.slo_ms:g} ms")):  # fmt: skip
+            bars = [Bar(t, [r[key] * scale for r in rows if r["target"] == t], ours=t == OURS) for t in targets]
+            panels.append(Panel(f"{workload}, load {load:g} of capacity", label, bars))
+    draw(panels, f"{args.workers} simulated workers ({args.profile}, model estimate), {args.kv_blocks} KV blocks; "
+         f"median and range of {args.seeds} seeds", path)  # fmt: skip
 
 
 def write_report(

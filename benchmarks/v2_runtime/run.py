@@ -41,6 +41,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from benchmarks.bars import Bar, Panel, draw
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 WORK = REPO / "benchmarks" / ".work"
@@ -326,11 +328,25 @@ def write_report(
                 f"{s['cpu_us_per_request']:.0f} | {s['errors']:.0f} |"
             )
     headline = verdicts(targets)
-    lines += ["", *headline["lines"]]
+    picture = args.out.with_suffix(".png")
+    lines += ["", *headline["lines"], "", f"![req/s and server CPU per request]({picture.name})"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
+    headline["runs"] = {t.name: t.results for t in targets}  # every round of every target, for a later reader
     args.out.with_suffix(".json").write_text(json.dumps(headline, indent=1))
+    plot(targets, args, picture)
     print("\n".join(lines))
+
+
+def plot(targets: list[Target], args: argparse.Namespace, path: Path) -> None:
+    """req/s and server CPU per request, a pair of panels per scenario, the range over rounds as error bars."""
+    panels = []
+    for label, _ in SCENARIOS:
+        for key, xlabel in (("rps", "req/s"), ("cpu_us_per_request", "server CPU, us per request")):
+            bars = [Bar(t.name, [r[key] for r in t.results.get(label, [])], ours=t.name.startswith("llmserve"))
+                    for t in targets if t.results.get(label)]  # fmt: skip
+            panels.append(Panel(label, xlabel, bars))
+    draw(panels, f"iris LogisticRegression, one FP32 row, wrk; median and range of {args.rounds} rounds", path)
 
 
 def verdicts(targets: list[Target]) -> dict[str, object]:
