@@ -214,7 +214,7 @@ def measure(target: Target, label: str, connections: int, stream: bool, duration
     return result
 
 
-def main() -> None:
+def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=10, help="seconds per scenario run")
@@ -223,7 +223,11 @@ def main() -> None:
     parser.add_argument("--backends", type=int, default=2, help="fake backends behind the proxies (direct: the first)")
     parser.add_argument("--llmserve-profile", default="token-aware", help="llmserve's routing profile")
     parser.add_argument("--litellm-workers", type=int, default=os.cpu_count() or 1, help="LiteLLM --num_workers")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = argument_parser().parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install wrk")
     WORK.mkdir(parents=True, exist_ok=True)
@@ -293,8 +297,28 @@ def summarise(targets: list[Target]) -> dict[str, dict[str, dict[str, float]]]:
     return out
 
 
+def is_default(args: argparse.Namespace) -> bool:
+    """Whether `args` are what `make bench-overhead` passes (its defaults, the default result file)."""
+    defaults = vars(argument_parser().parse_args([]))
+    return all(vars(args)[key] == value for key, value in defaults.items())
+
+
+def describe(name: str, args: argparse.Namespace) -> str:
+    """One target's configuration, as the report's header states it."""
+    if name == "llmserve":
+        return f"llmserve: profile {args.llmserve_profile} (prefix hashes of the prompt text, no tokenizer)"
+    if name == "llmserve-aiohttp":
+        return "llmserve-aiohttp: the same with aiohttp as the upstream client"
+    if name.startswith("vllm-router:"):
+        return f"vllm-router 0.1.17 --policy {name.partition(':')[2]}"
+    if name == "litellm":
+        return f"LiteLLM 1.80.17 with --num_workers {args.litellm_workers}, no callbacks, debug off"
+    return name
+
+
 def write_report(args: argparse.Namespace, targets: list[Target], load_before: tuple[float, float, float]) -> None:
     direct = next((t for t in targets if t.name == "direct"), None)
+    names = [t.name for t in targets]
     lines = [
         "# Gateway overhead at HEAD: 2k-token prompts, spaced streams, CPU per request",
         "",
@@ -304,12 +328,9 @@ def write_report(args: argparse.Namespace, targets: list[Target], load_before: t
         f"{[round(x, 2) for x in os.getloadavg()]}; wrk (1 thread), the backends and the proxy share the cores",
         f"- command: `python benchmarks/gateway_overhead/run.py --rounds {args.rounds} --duration {args.duration} "
         f"--targets {args.targets} --backends {args.backends} --llmserve-profile {args.llmserve_profile} "
-        f"--litellm-workers {args.litellm_workers}` (`make bench-overhead`)",
+        f"--litellm-workers {args.litellm_workers}`{' (`make bench-overhead`)' if is_default(args) else ''}",
         f"- {args.backends} fake backends (benchmarks/gateway_overhead/fake_backend.py, stream chunks spaced "
-        f"{CHUNK_GAP_MS} ms); llmserve: profile {args.llmserve_profile} (prefix hashes of the prompt "
-        "text, no tokenizer); llmserve-aiohttp: the same with aiohttp as the upstream client; vllm-router 0.1.17 "
-        "with each policy; "
-        f"LiteLLM 1.80.17 with --num_workers {args.litellm_workers}, no callbacks, debug off",
+        f"{CHUNK_GAP_MS} ms); " + "; ".join(describe(name, args) for name in names if name != "direct"),
         f"- medians of {args.rounds} interleaved rounds of ~{args.duration} s, [min-max] over rounds; non-streamed "
         "scenarios: ~2k-token prompts (1500 words), half reused from 8 documents, half never seen (post_rag.lua)",
         "",
