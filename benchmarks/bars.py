@@ -45,10 +45,11 @@ def draw(panels: list[Panel], title: str, path: Path, columns: int = 2) -> None:
         colors = ["tab:red" if b.ours else "tab:grey" for b in panel.bars]
         ax.barh([b.label for b in panel.bars], mid, xerr=[low, high], color=colors, capsize=3)
         if panel.log:
-            from matplotlib.ticker import NullFormatter, ScalarFormatter
+            from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
             ax.set_xscale("log")
             ax.set_xlim(left=min(min(b.values) for b in panel.bars) / 2)
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
             ax.xaxis.set_major_formatter(ScalarFormatter())
             ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(panel.xlabel)

@@ -25,6 +25,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import signal
 import socket
 import statistics
@@ -252,7 +253,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slo-ms", type=float, default=500.0)
     parser.add_argument("--capacity-from", default=str(RESULTS / "routing_virtual.json"))
     parser.add_argument("--out", type=Path, default=RESULTS / "routing_peers.md")
+    parser.add_argument("--replot", action="store_true", help="redraw the PNG from the JSON beside --out; no run")
     args = parser.parse_args(argv)
+    if args.replot:  # with the options of the run that wrote the JSON
+        data = json.loads(args.out.with_suffix(".json").read_text())
+        ran = parser.parse_args([*shlex.split(data["meta"]["command"])[3:], "--out", str(args.out)])
+        plot(data["results"], ran, args.out.with_suffix(".png"))
+        return
     load_before = os.getloadavg()
     results: list[dict[str, Any]] = []
     failures: dict[str, str] = {}
@@ -326,10 +333,11 @@ def plot(results: list[dict[str, Any]], args: argparse.Namespace, path: Path) ->
     for workload, load in dict.fromkeys((r["workload"], r["load"]) for r in results):
         rows = [r for r in results if (r["workload"], r["load"]) == (workload, load)]
         targets = list(dict.fromkeys(r["target"] for r in rows))
-        for key, scale, label in (("mean_ttft_s", 1000.0, "mean TTFT, ms"),
-                                  ("goodput", 1.0, f"goodput, req/s at TTFT <= {args.slo_ms:g} ms")):  # fmt: skip
+        goodput = f"goodput, req/s at TTFT <= {args.slo_ms:g} ms"
+        for key, scale, label, log in (("mean_ttft_s", 1000.0, "mean TTFT, ms (log)", True),
+                                       ("goodput", 1.0, goodput, False)):  # fmt: skip
             bars = [Bar(t, [r[key] * scale for r in rows if r["target"] == t], ours=t == OURS) for t in targets]
-            panels.append(Panel(f"{workload}, load {load:g} of capacity", label, bars))
+            panels.append(Panel(f"{workload}, load {load:g} of capacity", label, bars, log=log))
     draw(panels, f"{args.workers} simulated workers ({args.profile}, model estimate), {args.kv_blocks} KV blocks; "
          f"median and range of {args.seeds} seeds", path)  # fmt: skip
 
