@@ -274,6 +274,11 @@ def _range(values: list[float], fmt: str = "{:.0f}") -> str:
     return f"{fmt.format(median(values))} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
 
 
+def errors(runs: list[dict[str, float]]) -> float:
+    """Failed requests over runs: transport errors plus non-2xx answers (stream runs count only the former)."""
+    return sum(r["errors"] + r.get("non2xx", 0.0) for r in runs)
+
+
 def summarise(targets: list[Target]) -> dict[str, dict[str, dict[str, float]]]:
     """Per target and scenario: medians over rounds (and the added latency against direct, per round)."""
     direct = next((t for t in targets if t.name == "direct"), None)
@@ -286,7 +291,7 @@ def summarise(targets: list[Target]) -> dict[str, dict[str, dict[str, float]]]:
                    "cpu_us_per_request": median([r["cpu_us_per_request"] for r in runs]),
                    "cpu_us_per_request_min": min((r["cpu_us_per_request"] for r in runs), default=float("nan")),
                    "cpu_us_per_request_max": max((r["cpu_us_per_request"] for r in runs), default=float("nan")),
-                   "errors": sum(r["errors"] + r.get("non2xx", 0.0) for r in runs)}  # fmt: skip
+                   "errors": errors(runs)}  # fmt: skip
             key = "chunk_delay_p50_ms" if stream else "p50_us"
             scale = 1.0 if stream else 1000.0
             if base:
@@ -310,9 +315,10 @@ def describe(name: str, args: argparse.Namespace) -> str:
     if name == "llmserve-aiohttp":
         return "llmserve-aiohttp: the same with aiohttp as the upstream client"
     if name.startswith("vllm-router:"):
-        return f"vllm-router 0.1.17 --policy {name.partition(':')[2]}"
+        return f"{PEERS['vllm-router'][0].replace('==', ' ')} --policy {name.partition(':')[2]}"
     if name == "litellm":
-        return f"LiteLLM 1.80.17 with --num_workers {args.litellm_workers}, no callbacks, debug off"
+        version = PEERS["litellm"][0].partition("==")[2]
+        return f"LiteLLM {version} with --num_workers {args.litellm_workers}, no callbacks, debug off"
     return name
 
 
@@ -348,15 +354,13 @@ def write_report(args: argparse.Namespace, targets: list[Target], load_before: t
             if stream:
                 p50 = p99 = "-"
                 chunk = f"{median([r['chunk_delay_p50_ms'] for r in runs]):.2f} / {row['chunk_delay_p99_ms']:.2f}"
-                errors = sum(r["errors"] for r in runs)
             else:
                 p50 = f"{median([r['p50_us'] for r in runs]) / 1000:.2f}"
                 p99 = f"{median([r['p99_us'] for r in runs]) / 1000:.2f}"
                 chunk = "-"
-                errors = sum(r["errors"] + r["non2xx"] for r in runs)
             lines.append(
                 f"| {target.name} | {label} | {cpu} | {_range([r['rps'] for r in runs])} | {p50} | {p99} | {added} | "
-                f"{chunk} | {errors:.0f} |"
+                f"{chunk} | {errors(runs):.0f} |"
             )
     lines += ["", "added p50: median over rounds of (target - direct) in the same round; for streams, per chunk.", ""]
     if direct is None:
@@ -379,7 +383,7 @@ def plot(targets: list[Target], args: argparse.Namespace, path: Path) -> None:
         bars = []
         for target in (t for t in targets if t.process is not None):
             runs = target.results.get(label, [])
-            if runs and not any(r["errors"] + r.get("non2xx", 0.0) for r in runs):
+            if runs and not errors(runs):
                 bars.append(Bar(target.name, [r["cpu_us_per_request"] for r in runs], ours=target.name == "llmserve"))
         panels.append(Panel(label, "proxy CPU, us per request (streams: per stream), log", bars, log=True))
     draw(panels, f"{args.backends} fake backends, token-aware routing; median and range of {args.rounds} rounds; "

@@ -299,19 +299,21 @@ def _spread(values: list[float], fmt: str = "{:.2f}") -> str:
     return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
 
 
+def _per_seed(by_key: dict[tuple[Any, ...], dict[str, Any]], target: str, cell: tuple[str, float],
+              seeds: list[int]) -> list[dict[str, Any]] | None:  # fmt: skip
+    """The target's run for each seed of a workload and load, or None if any seed is missing."""
+    found = [by_key.get((target, *cell, s)) for s in seeds]
+    return [r for r in found if r is not None] if all(found) else None
+
+
 def verdicts(results: list[dict[str, Any]]) -> list[str]:
     """Token-aware against the best peer (lowest median mean TTFT over seeds) per workload and load, seed by seed."""
     lines: list[str] = []
     by_key = {(r["target"], r["workload"], r["load"], r["seed"]): r for r in results}
     for workload, load in dict.fromkeys((r["workload"], r["load"]) for r in results):
         seeds = sorted({r["seed"] for r in results if (r["workload"], r["load"]) == (workload, load)})
-
-        def rows(target: str) -> list[dict[str, Any]] | None:
-            found = [by_key.get((target, workload, load, s)) for s in seeds]  # noqa: B023 (used at once)
-            return [r for r in found if r is not None] if all(found) else None
-
-        ours = rows(OURS)
-        peers = {p: found for p in PEER_TARGETS if (found := rows(p)) is not None}
+        ours = _per_seed(by_key, OURS, (workload, load), seeds)
+        peers = {p: rows for p in PEER_TARGETS if (rows := _per_seed(by_key, p, (workload, load), seeds)) is not None}
         if ours is None or not peers:
             continue
         best = min(peers, key=lambda p: statistics.median(r["mean_ttft_s"] for r in peers[p]))
@@ -346,8 +348,7 @@ def write_report(
     args: argparse.Namespace, results: list[dict[str, Any]], failures: dict[str, str], load_before: tuple[float, ...]
 ) -> None:
     def cell(rows: list[dict[str, Any]], key: str, scale: float) -> str:
-        values = [r[key] * scale for r in rows]
-        return f"{statistics.median(values):.1f} [{min(values):.1f}-{max(values):.1f}]" if values else "-"
+        return _spread([r[key] * scale for r in rows], "{:.1f}") if rows else "-"
 
     command = (
         f"python -m benchmarks.routing.peers --workloads {args.workloads} --targets {args.targets} "
