@@ -3,9 +3,8 @@ benchmark only (issue 14: if the home-made client is not clearly cheaper per req
 
 Same surface as `gateway.upstream.UpstreamPool` / `UpstreamResponse` as the gateway uses them: `request()` returns
 once the headers arrived; `watch_idle()` bounds a worker's silence; the body is read whole or chunk by chunk;
-`abort()` closes the connection unless the
-response is complete; connect failures are retryable `UpstreamError`s. `serve_gateway.py --upstream aiohttp`
-swaps it in.
+`abort()` closes the connection unless the response is complete; connect failures are retryable `UpstreamError`s.
+`serve_gateway.py --upstream aiohttp` swaps it in.
 """
 
 from __future__ import annotations
